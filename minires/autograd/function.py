@@ -1,0 +1,143 @@
+"""``Function``: the one mechanism every differentiable op uses, built-in or user-written.
+
+A Function subclass gives ``forward(ctx, *args)`` and ``backward(ctx, *grad_outputs)`` on raw arrays
+(numpy or cupy). ``Op.apply(*args)`` unwraps Tensors, runs forward, and, when a gradient is needed,
+records a :class:`Node` in the graph so :func:`minires.autograd.engine.run_backward` can call
+``backward`` later. ``backward`` returns one gradient per positional argument of ``forward``
+(``None`` for arguments that are not tensors or need no gradient).
+
+Example (the whole of a user-written op)::
+
+    class Square(mr.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    y = Square.apply(t)
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from minires.autograd.grad_mode import is_grad_enabled
+
+if TYPE_CHECKING:
+    from minires.tensor import Tensor
+
+
+class Context:
+    """What forward hands to backward: saved arrays, flags, and any attribute the op sets."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
+        self.needs_input_grad = needs_input_grad
+        self._saved: tuple[Any, ...] = ()
+        self._non_differentiable: set[int] = set()
+
+    def save_for_backward(self, *arrays: Any) -> None:
+        """Keep arrays for backward; they are freed once backward has run (unless retain_graph)."""
+        self._saved = arrays
+
+    @property
+    def saved_tensors(self) -> tuple[Any, ...]:
+        return self._saved
+
+    def mark_non_differentiable(self, *output_indices: int) -> None:
+        """Outputs at these positions (e.g. max-pool indices) carry no gradient."""
+        self._non_differentiable.update(output_indices)
+
+
+class Node:
+    """One recorded call of a Function: where its input gradients go, and its outputs' hooks.
+
+    ``edges[i]`` says where the gradient for forward's i-th positional argument goes: ``None`` (no
+    gradient wanted), ``(node, output_index)`` for a tensor made by another op, or ``(None, leaf)``
+    for a leaf tensor whose ``.grad`` accumulates it.
+    """
+
+    __slots__ = ("function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed")
+
+    def __init__(self, function: type[Function], ctx: Context, edges: list[Any], input_meta: list[Any]):
+        self.function = function
+        self.ctx: Context | None = ctx
+        self.edges = edges
+        self.input_meta = input_meta  # (shape, dtype) per positional argument, None for non-tensors
+        self.output_meta: list[tuple[tuple[int, ...], Any]] = []
+        self.hooks: dict[int, list[Any]] = {}
+        self.retained: dict[int, weakref.ref[Tensor]] = {}
+        self.freed = False
+
+    @property
+    def name(self) -> str:
+        return self.function.__name__
+
+    def release(self) -> None:
+        """Drop what forward saved: backward through this node is no longer possible."""
+        self.ctx = None
+        self.freed = True
+
+    def __repr__(self) -> str:
+        return f"<{self.name}Backward>"
+
+
+def _check_devices(name: str, tensors: list[Tensor]) -> None:
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        described = ", ".join(f"{t.device} (shape {tuple(t.shape)})" for t in tensors)
+        raise RuntimeError(
+            f"{name}: expected all tensors on one device, got tensors on {' and '.join(sorted(devices))}: "
+            f"{described}. Move them with .to(device) first."
+        )
+
+
+class Function:
+    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``."""
+
+    @staticmethod
+    def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, *grad_outputs: Any) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        from minires.tensor import Tensor
+
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        if len(tensors) > 1:
+            _check_devices(cls.__name__, tensors)
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        ctx = Context(needs)
+        raw = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = cls.forward(ctx, *raw, **kwargs)
+        is_tuple = isinstance(out, tuple)
+        outputs = out if is_tuple else (out,)
+        record = is_grad_enabled() and any(needs)
+        results = [Tensor._from_array(o) for o in outputs]
+        if record:
+            edges: list[Any] = []
+            for a, need in zip(args, needs):
+                if not need:
+                    edges.append(None)
+                elif a.grad_fn is None:
+                    edges.append((None, a))
+                else:
+                    edges.append((a.grad_fn, a._output_index))
+            meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
+            node = Node(cls, ctx, edges, meta)
+            node.output_meta = [(r.shape, r.dtype) for r in results]
+            for i, r in enumerate(results):
+                if i not in ctx._non_differentiable and r.dtype.kind in "fc":
+                    r.requires_grad = True
+                    r.grad_fn = node
+                    r._output_index = i
+        return tuple(results) if is_tuple else results[0]

@@ -1,0 +1,150 @@
+"""Activation functions: relu, leaky_relu, sigmoid, tanh, softmax, log_softmax (numerically stable)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minires.autograd.function import Context, Function
+from minires.backend import xp_of
+from minires.ops._util import as_tensor, check_float, normalize_axes
+from minires.tensor import Tensor
+
+
+class ReLU(Function):
+    """max(x, 0). Convention at the kink: the gradient at exactly x == 0 is 0 (as PyTorch)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        mask = x > 0
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (mask,) = ctx.saved_tensors
+        return g * mask
+
+
+class LeakyReLU(Function):
+    """x if x > 0 else slope * x; the gradient at exactly 0 is ``slope`` (as PyTorch)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, slope: float) -> Any:
+        mask = x > 0
+        ctx.save_for_backward(mask)
+        ctx.slope = slope
+        return xp_of(x).where(mask, x, x * x.dtype.type(slope))
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        (mask,) = ctx.saved_tensors
+        return xp_of(g).where(mask, g, g * g.dtype.type(ctx.slope)), None
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        xp = xp_of(x)
+        # 1 / (1 + e^-x) overflows for very negative x in float32; this form never does.
+        e = xp.exp(-xp.abs(x))
+        out = xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (out,) = ctx.saved_tensors
+        return g * out * (1 - out)
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        out = xp_of(x).tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (out,) = ctx.saved_tensors
+        return g * (1 - out * out)
+
+
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, dim: int) -> Any:
+        xp = xp_of(x)
+        e = xp.exp(x - x.max(axis=dim, keepdims=True))
+        out = e / e.sum(axis=dim, keepdims=True)
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        (out,) = ctx.saved_tensors
+        return out * (g - (g * out).sum(axis=ctx.dim, keepdims=True)), None
+
+
+class LogSoftmax(Function):
+    """x - logsumexp(x), computed after subtracting the max so it never overflows."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dim: int) -> Any:
+        xp = xp_of(x)
+        shifted = x - x.max(axis=dim, keepdims=True)
+        out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+        ctx.save_for_backward(out)
+        ctx.dim = dim
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        (out,) = ctx.saved_tensors
+        xp = xp_of(out)
+        return g - xp.exp(out) * g.sum(axis=ctx.dim, keepdims=True), None
+
+
+def relu(x: Tensor) -> Tensor:
+    x = as_tensor(x)
+    check_float("relu", x)
+    return ReLU.apply(x)
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    x = as_tensor(x)
+    check_float("leaky_relu", x)
+    return LeakyReLU.apply(x, float(negative_slope))
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    x = as_tensor(x)
+    check_float("sigmoid", x)
+    return Sigmoid.apply(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    x = as_tensor(x)
+    check_float("tanh", x)
+    return Tanh.apply(x)
+
+
+def _one_dim(name: str, x: Tensor, dim: Any) -> int:
+    if dim is None:
+        raise TypeError(f"{name}: dim must be given (an int), as in {name}(x, dim=1)")
+    axes = normalize_axes(name, dim, x.ndim)
+    if axes is None or len(axes) != 1:
+        raise TypeError(f"{name}: dim must be a single int, got {dim!r}")
+    return axes[0] if x.ndim else 0
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    x = as_tensor(x)
+    check_float("softmax", x)
+    return Softmax.apply(x, _one_dim("softmax", x, dim))
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    x = as_tensor(x)
+    check_float("log_softmax", x)
+    return LogSoftmax.apply(x, _one_dim("log_softmax", x, dim))

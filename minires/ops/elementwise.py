@@ -1,0 +1,338 @@
+"""Elementwise ops with broadcasting: arithmetic, math functions, clamp, where and comparisons.
+
+Each Function keeps forward and backward side by side on raw arrays; binary ops sum their
+gradients back to each input's shape (:func:`sum_to_shape`), which undoes broadcasting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minires.autograd.function import Context, Function
+from minires.backend import xp_of
+from minires.ops._util import as_tensor, sum_to_shape
+from minires.tensor import Tensor
+
+
+def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(a, Tensor):
+        return a, as_tensor(b, like=a)
+    b = as_tensor(b)
+    return as_tensor(a, like=b), b
+
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        sa, sb = ctx.shapes
+        return sum_to_shape(g, sa), sum_to_shape(g, sb)
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.shapes = (a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        sa, sb = ctx.shapes
+        return sum_to_shape(g, sa), (sum_to_shape(-g, sb) if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        a, b = ctx.saved_tensors
+        ga = sum_to_shape(g * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = sum_to_shape(g * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        a, b = ctx.saved_tensors
+        ga = sum_to_shape(g / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = sum_to_shape(-g * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    """a ** b; d/da = b a^(b-1), d/db = a^b log a (only computed when b requires grad)."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        out = a**b
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        a, b, out = ctx.saved_tensors
+        xp = xp_of(a)
+        ga = sum_to_shape(g * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
+        gb = sum_to_shape(g * out * xp.log(a), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Maximum(Function):
+    """Elementwise max; on ties the gradient is split evenly between the two inputs."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return xp_of(a, b).maximum(a, b)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        a, b = ctx.saved_tensors
+        wa = (a > b) + 0.5 * (a == b)
+        return sum_to_shape(g * wa, a.shape), sum_to_shape(g * (1 - wa), b.shape)
+
+
+class Minimum(Function):
+    """Elementwise min; on ties the gradient is split evenly between the two inputs."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return xp_of(a, b).minimum(a, b)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
+        a, b = ctx.saved_tensors
+        wa = (a < b) + 0.5 * (a == b)
+        return sum_to_shape(g * wa, a.shape), sum_to_shape(g * (1 - wa), b.shape)
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        return -a
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return -g
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        out = xp_of(a).exp(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (out,) = ctx.saved_tensors
+        return g * out
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        ctx.save_for_backward(a)
+        return xp_of(a).log(a)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (a,) = ctx.saved_tensors
+        return g / a
+
+
+class Sqrt(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        out = xp_of(a).sqrt(a)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (out,) = ctx.saved_tensors
+        return g / (2 * out)
+
+
+class Abs(Function):
+    """|a|; the gradient at 0 is 0 (sign(0) = 0), as PyTorch."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        ctx.save_for_backward(a)
+        return xp_of(a).abs(a)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        (a,) = ctx.saved_tensors
+        return g * xp_of(a).sign(a)
+
+
+class Clamp(Function):
+    """Clip into [lo, hi]; the gradient passes where lo <= a <= hi (boundaries included, as PyTorch)."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any, lo: Any, hi: Any) -> Any:
+        xp = xp_of(a)
+        mask = xp.ones(a.shape, dtype=bool)
+        out = a
+        if lo is not None:
+            mask &= a >= lo
+            out = xp.maximum(out, lo)
+        if hi is not None:
+            mask &= a <= hi
+            out = xp.minimum(out, hi)
+        ctx.save_for_backward(mask)
+        return out.astype(a.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None, None]:
+        (mask,) = ctx.saved_tensors
+        return g * mask, None, None
+
+
+class Where(Function):
+    """``cond ? a : b`` with broadcasting; cond carries no gradient."""
+
+    @staticmethod
+    def forward(ctx: Context, cond: Any, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(cond)
+        ctx.shapes = (a.shape, b.shape)
+        return xp_of(a, b).where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[None, Any, Any]:
+        (cond,) = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        ga = sum_to_shape(g * cond, sa) if ctx.needs_input_grad[1] else None
+        gb = sum_to_shape(g * ~cond, sb) if ctx.needs_input_grad[2] else None
+        return None, ga, gb
+
+
+def add(a: Any, b: Any) -> Tensor:
+    return Add.apply(*_binary(a, b))
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    return Sub.apply(*_binary(a, b))
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    return Mul.apply(*_binary(a, b))
+
+
+def div(a: Any, b: Any) -> Tensor:
+    a, b = _binary(a, b)
+    if a.dtype.kind in "iub" and b.dtype.kind in "iub":
+        a = a.float()  # true division of integers gives floats, as PyTorch
+    return Div.apply(a, b)
+
+
+def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors the operator's name
+    return Pow.apply(*_binary(a, b))
+
+
+def maximum(a: Any, b: Any) -> Tensor:
+    return Maximum.apply(*_binary(a, b))
+
+
+def minimum(a: Any, b: Any) -> Tensor:
+    return Minimum.apply(*_binary(a, b))
+
+
+def neg(a: Tensor) -> Tensor:
+    return Neg.apply(as_tensor(a))
+
+
+def exp(a: Tensor) -> Tensor:
+    return Exp.apply(as_tensor(a))
+
+
+def log(a: Tensor) -> Tensor:
+    return Log.apply(as_tensor(a))
+
+
+def sqrt(a: Tensor) -> Tensor:
+    return Sqrt.apply(as_tensor(a))
+
+
+def abs(a: Tensor) -> Tensor:  # noqa: A001 - mirrors the builtin's name
+    return Abs.apply(as_tensor(a))
+
+
+def clamp(a: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
+    if min is None and max is None:
+        raise ValueError("clamp: give at least one of min and max")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = a
+        if min is not None:
+            out = maximum(out, min)
+        if max is not None:
+            out = minimum(out, max)
+        return out
+    return Clamp.apply(as_tensor(a), min, max)
+
+
+clip = clamp
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """Pick from ``a`` where ``cond`` is true, else from ``b`` (differentiable in a and b)."""
+    a, b = _binary(a, b)
+    c = cond.data if isinstance(cond, Tensor) else cond
+    xp = xp_of(a.data)
+    return Where.apply(xp.asarray(c).astype(bool, copy=False), a, b)
+
+
+def _compare(op: str, a: Any, b: Any) -> Tensor:
+    a, b = _binary(a, b)
+    if a.device != b.device:
+        raise RuntimeError(f"{op}: tensors on {a.device} and {b.device}")
+    result = {
+        "lt": a.data.__lt__,
+        "le": a.data.__le__,
+        "gt": a.data.__gt__,
+        "ge": a.data.__ge__,
+        "eq": a.data.__eq__,
+        "ne": a.data.__ne__,
+    }[op](b.data)
+    return Tensor._from_array(result)
+
+
+def lt(a: Any, b: Any) -> Tensor:
+    return _compare("lt", a, b)
+
+
+def le(a: Any, b: Any) -> Tensor:
+    return _compare("le", a, b)
+
+
+def gt(a: Any, b: Any) -> Tensor:
+    return _compare("gt", a, b)
+
+
+def ge(a: Any, b: Any) -> Tensor:
+    return _compare("ge", a, b)
+
+
+def eq(a: Any, b: Any) -> Tensor:
+    return _compare("eq", a, b)
+
+
+def ne(a: Any, b: Any) -> Tensor:
+    return _compare("ne", a, b)

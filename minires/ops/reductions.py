@@ -1,0 +1,188 @@
+"""Reductions: sum, mean, var, amax/amin, max/min (with indices along a dim), argmax/argmin."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+from minires.autograd.function import Context, Function
+from minires.backend import xp_of
+from minires.ops._util import as_tensor, normalize_axes
+from minires.tensor import Tensor
+
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+
+def _expand_back(g: Any, shape: tuple[int, ...], axes: tuple[int, ...] | None, keepdim: bool) -> Any:
+    """Broadcast a reduced gradient back to the input's shape."""
+    xp = xp_of(g)
+    if axes is None:
+        axes = tuple(range(len(shape)))
+    if not keepdim:
+        g = g.reshape([1 if i in axes else n for i, n in enumerate(shape)])
+    return xp.broadcast_to(g, shape)
+
+
+def _count(shape: tuple[int, ...], axes: tuple[int, ...] | None) -> int:
+    n = 1
+    for i, s in enumerate(shape):
+        if axes is None or i in axes:
+            n *= s
+    return n
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool) -> Any:
+        ctx.meta = (x.shape, axes, keepdim)
+        return x.sum(axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None, None]:
+        shape, axes, keepdim = ctx.meta
+        return _expand_back(g, shape, axes, keepdim), None, None
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool) -> Any:
+        ctx.meta = (x.shape, axes, keepdim)
+        return x.mean(axis=axes, keepdims=keepdim)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None, None]:
+        shape, axes, keepdim = ctx.meta
+        return _expand_back(g / _count(shape, axes), shape, axes, keepdim), None, None
+
+
+class Var(Function):
+    """Variance with ``ddof`` (0: divide by n; 1: by n - 1). d var / dx = 2 (x - mean) / (n - ddof)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool, ddof: int) -> Any:
+        n = _count(x.shape, axes)
+        if n - ddof <= 0:
+            raise ValueError(f"var: {n} value(s) per reduction is too few with correction {ddof}")
+        centred = x - x.mean(axis=axes, keepdims=True)
+        ctx.save_for_backward(centred)
+        ctx.meta = (x.shape, axes, keepdim, n - ddof)
+        return (centred * centred).sum(axis=axes, keepdims=keepdim) / (n - ddof)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None]:
+        (centred,) = ctx.saved_tensors
+        shape, axes, keepdim, denom = ctx.meta
+        return _expand_back(g, shape, axes, keepdim) * centred * (2 / denom), None, None, None
+
+
+class Extreme(Function):
+    """amax / amin over axes; ties share the gradient evenly (PyTorch's amax convention)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool, largest: bool) -> Any:
+        if x.size == 0:
+            raise ValueError(f"{'amax' if largest else 'amin'}: cannot reduce an empty tensor")
+        kept = x.max(axis=axes, keepdims=True) if largest else x.min(axis=axes, keepdims=True)
+        ctx.save_for_backward(x == kept)
+        ctx.meta = (x.shape, axes, keepdim)
+        if keepdim:
+            return kept
+        return kept.reshape(()) if axes is None else kept.squeeze(axis=axes)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None]:
+        (hit,) = ctx.saved_tensors
+        shape, axes, keepdim = ctx.meta
+        share = hit / hit.sum(axis=axes, keepdims=True)
+        return _expand_back(g, shape, axes, keepdim) * share, None, None, None
+
+
+class ExtremeAlongDim(Function):
+    """max / min along one dim returning (values, indices); the gradient goes to the index returned
+    (the first extreme on ties, as numpy's argmax and PyTorch's max(dim))."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dim: int, keepdim: bool, largest: bool) -> tuple[Any, Any]:
+        xp = xp_of(x)
+        idx = (x.argmax if largest else x.argmin)(axis=dim)
+        idx_k = xp.expand_dims(idx, dim)
+        values = xp.take_along_axis(x, idx_k, axis=dim)
+        ctx.save_for_backward(idx_k)
+        ctx.meta = (x.shape, dim, keepdim)
+        ctx.mark_non_differentiable(1)
+        if keepdim:
+            return values, idx_k
+        return values.squeeze(axis=dim), idx
+
+    @staticmethod
+    def backward(ctx: Context, g: Any, _g_idx: Any) -> tuple[Any, None, None, None]:
+        (idx_k,) = ctx.saved_tensors
+        shape, dim, keepdim = ctx.meta
+        xp = xp_of(g)
+        if not keepdim:
+            g = xp.expand_dims(g, dim)
+        out = xp.zeros(shape, dtype=g.dtype)
+        xp.put_along_axis(out, idx_k, g, axis=dim)
+        return out, None, None, None
+
+
+def sum(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:  # noqa: A001
+    x = as_tensor(x)
+    return Sum.apply(x, normalize_axes("sum", dim, x.ndim), keepdim)
+
+
+def mean(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    if x.dtype.kind not in "fc":
+        raise TypeError(f"mean: expected a floating-point tensor, got dtype {x.dtype}; use .float() first")
+    return Mean.apply(x, normalize_axes("mean", dim, x.ndim), keepdim)
+
+
+def var(x: Tensor, dim: Any = None, keepdim: bool = False, unbiased: bool = True) -> Tensor:
+    x = as_tensor(x)
+    return Var.apply(x, normalize_axes("var", dim, x.ndim), keepdim, 1 if unbiased else 0)
+
+
+def amax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    return Extreme.apply(x, normalize_axes("amax", dim, x.ndim), keepdim, True)
+
+
+def amin(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    return Extreme.apply(x, normalize_axes("amin", dim, x.ndim), keepdim, False)
+
+
+def _extreme(name: str, x: Tensor, dim: Any, keepdim: bool, largest: bool) -> Any:
+    x = as_tensor(x)
+    if dim is None:
+        return Extreme.apply(x, None, keepdim, largest)
+    if not isinstance(dim, int):
+        raise TypeError(f"{name}: dim must be an int (use amax/amin for several dims), got {dim!r}")
+    axes = normalize_axes(name, dim, x.ndim)
+    values, indices = ExtremeAlongDim.apply(x, axes[0], keepdim, largest)
+    return MaxResult(values, indices)
+
+
+def max(x: Tensor, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
+    """``max(x)``: the largest value; ``max(x, dim)``: (values, indices) along ``dim``."""
+    return _extreme("max", x, dim, keepdim, True)
+
+
+def min(x: Tensor, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
+    """``min(x)``: the smallest value; ``min(x, dim)``: (values, indices) along ``dim``."""
+    return _extreme("min", x, dim, keepdim, False)
+
+
+def argmax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    if dim is None:
+        return Tensor._from_array(x.data.argmax())
+    return Tensor._from_array(x.data.argmax(axis=dim, keepdims=keepdim))
+
+
+def argmin(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    x = as_tensor(x)
+    if dim is None:
+        return Tensor._from_array(x.data.argmin())
+    return Tensor._from_array(x.data.argmin(axis=dim, keepdims=keepdim))

@@ -1,0 +1,446 @@
+"""``Tensor``: an array (numpy or cupy) plus what autograd needs to send gradients back to it."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from minires import backend
+from minires.autograd.engine import run_backward
+from minires.autograd.grad_mode import is_grad_enabled
+
+DEFAULT_FLOAT = np.dtype(np.float32)
+
+
+def _dim_args(name: str, dim: Any, keepdim: bool, axis: Any, keepdims: Any) -> tuple[Any, bool]:
+    """Accept PyTorch's (dim, keepdim) or numpy's (axis, keepdims) spelling, not both."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{name}: give dim or axis, not both")
+        dim = axis
+    if keepdims is not None:
+        keepdim = keepdims
+    return dim, bool(keepdim)
+
+
+class Tensor:
+    """An n-dimensional array that can record the ops applied to it and backpropagate through them.
+
+    ``data`` is the raw numpy (CPU) or cupy (GPU) array; ``grad`` is a Tensor or None; ``grad_fn``
+    is the graph node that made this tensor (None for leaves, which users create).
+    """
+
+    __array_priority__ = 1000  # so ndarray <op> Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data: Any, requires_grad: bool = False) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        self.data = data
+        self.grad: Tensor | None = None
+        self.grad_fn: Any = None
+        self._output_index = 0
+        self._hooks: list[Callable[[Tensor], Any]] = []
+        self._retains_grad = False
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    @classmethod
+    def _from_array(cls, array: Any) -> Tensor:
+        t = cls.__new__(cls)
+        t.data = array
+        t.grad = None
+        t.grad_fn = None
+        t._output_index = 0
+        t._hooks = []
+        t._retains_grad = False
+        t.requires_grad = False
+        return t
+
+    # ----- properties -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 - numpy/PyTorch name
+        return self.permute(*reversed(range(self.ndim)))
+
+    def size(self, dim: int | None = None) -> Any:
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    # ----- conversion -------------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """The data as a numpy array (a copy from the GPU; shares memory on the CPU)."""
+        return backend.to_numpy(self.data)
+
+    def item(self) -> Any:
+        if self.data.size != 1:
+            raise ValueError(f"item: only a one-element tensor converts to a Python number, got shape {self.shape}")
+        return backend.to_numpy(self.data).reshape(()).item()
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def to(self, device: Any = None, dtype: Any = None) -> Tensor:
+        """A copy on another device and/or with another dtype (differentiable); self if nothing changes."""
+        from minires.ops.shape import to_device_dtype
+
+        if isinstance(device, (np.dtype, type)) and dtype is None:
+            device, dtype = None, device
+        return to_device_dtype(self, device, dtype)
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        return self.to("cuda")
+
+    def float(self) -> Tensor:
+        return self.to(dtype=np.float32)
+
+    def double(self) -> Tensor:
+        return self.to(dtype=np.float64)
+
+    def half(self) -> Tensor:
+        return self.to(dtype=np.float16)
+
+    def long(self) -> Tensor:
+        return self.to(dtype=np.int64)
+
+    def int(self) -> Tensor:
+        return self.to(dtype=np.int32)
+
+    def bool(self) -> Tensor:
+        return self.to(dtype=np.bool_)
+
+    def type(self, dtype: Any) -> Tensor:
+        return self.to(dtype=dtype)
+
+    # ----- autograd ---------------------------------------------------------------------------
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Make a leaf tensor track gradients (only floating-point tensors can)."""
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise RuntimeError(
+                f"requires_grad: only floating-point tensors can require gradients, got dtype {self.dtype}"
+            )
+        if not requires_grad and self.grad_fn is not None:
+            raise RuntimeError("requires_grad_(False): only leaf tensors can stop requiring grad; use detach()")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def detach(self) -> Tensor:
+        """The same data, cut off from the graph."""
+        return Tensor._from_array(self.data)
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on a non-leaf tensor after backward."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad: the tensor does not require grad")
+        if self.grad_fn is None:
+            return  # leaves keep their grad anyway
+        import weakref
+
+        self._retains_grad = True
+        self.grad_fn.retained[self._output_index] = weakref.ref(self)
+
+    def register_hook(self, hook: Callable[[Tensor], Any]) -> Callable[[], None]:
+        """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor replaces it.
+
+        Returns a function that removes the hook.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad")
+        hooks = self._hooks if self.grad_fn is None else self.grad_fn.hooks.setdefault(self._output_index, [])
+        hooks.append(hook)
+
+        def remove() -> None:
+            if hook in hooks:
+                hooks.remove(hook)
+
+        return remove
+
+    def _accumulate_grad(self, grad: Any) -> None:
+        self.grad = Tensor._from_array(grad) if self.grad is None else Tensor._from_array(self.grad.data + grad)
+
+    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+        """Compute the gradient of this tensor with respect to every leaf that requires grad.
+
+        ``gradient`` is dL/d(self); it may be omitted only for a one-element tensor.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward: this tensor does not require grad and has no grad_fn "
+                "(no input of the ops that made it requires grad, or it was made under no_grad)"
+            )
+        xp = backend.xp_of(self.data)
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward: grad can be created implicitly only for scalar outputs, got shape {self.shape}; "
+                    "pass gradient= with the output's shape"
+                )
+            grad = xp.ones(self.data.shape, dtype=self.dtype)
+        else:
+            grad = gradient.data if isinstance(gradient, Tensor) else gradient
+            if not isinstance(grad, xp.ndarray):
+                grad = xp.asarray(grad, dtype=self.dtype)
+            if tuple(grad.shape) != self.shape:
+                raise RuntimeError(
+                    f"backward: gradient has shape {tuple(grad.shape)}, expected the output's shape {self.shape}"
+                )
+            if backend.device_of(grad) != self.device:
+                raise RuntimeError(f"backward: gradient is on {backend.device_of(grad)}, the output on {self.device}")
+            grad = grad.astype(self.dtype, copy=False)
+        run_backward(self, grad, retain_graph=retain_graph)
+
+    def zero_(self) -> Tensor:
+        """Fill with zeros in place (for ``.grad`` tensors and data outside the graph)."""
+        self.data[...] = 0
+        return self
+
+    # ----- printing ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        body = np.array2string(backend.to_numpy(self.data), separator=", ", prefix="tensor(", precision=4)
+        extras = []
+        if self.device != "cpu":
+            extras.append(f"device='{self.device}'")
+        if self.dtype != DEFAULT_FLOAT and self.dtype.kind == "f":
+            extras.append(f"dtype={self.dtype}")
+        if self.grad_fn is not None:
+            extras.append(f"grad_fn=<{self.grad_fn.name}Backward>")
+        elif self.requires_grad:
+            extras.append("requires_grad=True")
+        return f"tensor({body}{''.join(', ' + e for e in extras)})"
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"bool: the truth value of a tensor with {self.data.size} elements is ambiguous")
+        return bool(self.item())
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iub":
+            raise TypeError(f"only integer tensors can be used as an index, got dtype {self.dtype}")
+        return int(self.item())
+
+    __hash__ = object.__hash__
+
+    # ----- arithmetic (each delegates to an op in minires.ops) --------------------------------
+    def __add__(self, other: Any) -> Tensor:
+        return _ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _ops.div(other, self)
+
+    def __pow__(self, other: Any) -> Tensor:
+        return _ops.pow(self, other)
+
+    def __rpow__(self, other: Any) -> Tensor:
+        return _ops.pow(other, self)
+
+    def __neg__(self) -> Tensor:
+        return _ops.neg(self)
+
+    def __pos__(self) -> Tensor:
+        return self
+
+    def __abs__(self) -> Tensor:
+        return _ops.abs(self)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _ops.matmul(other, self)
+
+    def __lt__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.lt(self, other)
+
+    def __le__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.le(self, other)
+
+    def __gt__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.gt(self, other)
+
+    def __ge__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.ge(self, other)
+
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.eq(self, other)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return _ops.ne(self, other)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return _ops.getitem(self, index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if self.requires_grad and is_grad_enabled():
+            raise RuntimeError(
+                "setitem: in-place assignment into a tensor that requires grad would corrupt the graph; "
+                "do it under mr.no_grad() or build a new tensor (e.g. with mr.where)"
+            )
+        if isinstance(index, Tensor):
+            index = index.data
+        self.data[index] = value.data if isinstance(value, Tensor) else value
+
+    # ----- math methods -------------------------------------------------------------------------
+    def exp(self) -> Tensor:
+        return _ops.exp(self)
+
+    def log(self) -> Tensor:
+        return _ops.log(self)
+
+    def sqrt(self) -> Tensor:
+        return _ops.sqrt(self)
+
+    def tanh(self) -> Tensor:
+        return _ops.tanh(self)
+
+    def sigmoid(self) -> Tensor:
+        return _ops.sigmoid(self)
+
+    def relu(self) -> Tensor:
+        return _ops.relu(self)
+
+    def abs(self) -> Tensor:
+        return _ops.abs(self)
+
+    def clamp(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
+        return _ops.clamp(self, min, max)
+
+    clip = clamp
+
+    def maximum(self, other: Any) -> Tensor:
+        return _ops.maximum(self, other)
+
+    def minimum(self, other: Any) -> Tensor:
+        return _ops.minimum(self, other)
+
+    def sum(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Tensor:
+        dim, keepdim = _dim_args("sum", dim, keepdim, axis, keepdims)
+        return _ops.sum(self, dim, keepdim)
+
+    def mean(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Tensor:
+        dim, keepdim = _dim_args("mean", dim, keepdim, axis, keepdims)
+        return _ops.mean(self, dim, keepdim)
+
+    def var(
+        self,
+        dim: Any = None,
+        keepdim: bool = False,
+        *,
+        unbiased: bool = True,
+        axis: Any = None,
+        keepdims: Any = None,
+    ) -> Tensor:
+        """Variance; ``unbiased=True`` divides by n - 1 (PyTorch's default), False by n (numpy's)."""
+        dim, keepdim = _dim_args("var", dim, keepdim, axis, keepdims)
+        return _ops.var(self, dim, keepdim, unbiased)
+
+    def max(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Any:
+        """``max()`` -> the largest value; ``max(dim)`` -> (values, indices) as PyTorch."""
+        dim, keepdim = _dim_args("max", dim, keepdim, axis, keepdims)
+        return _ops.max(self, dim, keepdim)
+
+    def min(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Any:
+        dim, keepdim = _dim_args("min", dim, keepdim, axis, keepdims)
+        return _ops.min(self, dim, keepdim)
+
+    def amax(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        return _ops.amax(self, dim, keepdim)
+
+    def amin(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        return _ops.amin(self, dim, keepdim)
+
+    def argmax(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        return _ops.argmax(self, dim, keepdim)
+
+    def argmin(self, dim: Any = None, keepdim: bool = False) -> Tensor:
+        return _ops.argmin(self, dim, keepdim)
+
+    def softmax(self, dim: int = -1) -> Tensor:
+        return _ops.softmax(self, dim)
+
+    def log_softmax(self, dim: int = -1) -> Tensor:
+        return _ops.log_softmax(self, dim)
+
+    # ----- shape methods ------------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> Tensor:
+        return _ops.reshape(self, *shape)
+
+    def view(self, *shape: Any) -> Tensor:
+        return _ops.reshape(self, *shape)
+
+    def transpose(self, dim0: int = -2, dim1: int = -1) -> Tensor:
+        return _ops.transpose(self, dim0, dim1)
+
+    def permute(self, *dims: Any) -> Tensor:
+        return _ops.permute(self, *dims)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        return _ops.flatten(self, start_dim, end_dim)
+
+    def squeeze(self, dim: Any = None) -> Tensor:
+        return _ops.squeeze(self, dim)
+
+    def unsqueeze(self, dim: int) -> Tensor:
+        return _ops.unsqueeze(self, dim)
+
+    def expand(self, *shape: Any) -> Tensor:
+        return _ops.expand(self, *shape)
+
+
+from minires import ops as _ops  # noqa: E402  (ops import Tensor; the methods above call them)

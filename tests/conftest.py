@@ -1,0 +1,47 @@
+"""Test configuration: hypothesis profiles and the device the suite runs on.
+
+Profiles: "ci" (derandomized, no deadline: the same examples every run, so CI never flakes) is the
+default; "dev" explores more examples with fresh randomness. Choose with HYPOTHESIS_PROFILE=dev.
+The device comes from MINIRES_TEST_DEVICE ("cpu" by default, "cuda" on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=25,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+TEST_DEVICE = os.environ.get("MINIRES_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture
+def device() -> str:
+    """The device tests create tensors on (MINIRES_TEST_DEVICE, default "cpu")."""
+    if TEST_DEVICE != "cpu":
+        import minires as mr
+
+        if TEST_DEVICE == "cuda" and not mr.cuda.is_available():
+            pytest.skip("MINIRES_TEST_DEVICE=cuda but no CUDA device is available")
+    return TEST_DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same global seed."""
+    import minires as mr
+
+    mr.manual_seed(0)
+    np.random.seed(0)
