@@ -136,7 +136,7 @@ def to_device(array: Any, device: Any) -> Any:
     if source == target:
         return array
     host = _BACKENDS[source].to_host(array)
-    return _BACKENDS[target].from_host(np.ascontiguousarray(host))
+    return _BACKENDS[target].from_host(np.ascontiguousarray(host).reshape(host.shape))
 
 
 def to_numpy(array: Any) -> np.ndarray:

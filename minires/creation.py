@@ -55,8 +55,11 @@ def tensor(data: Any, dtype: Any = None, device: Any = "cpu", requires_grad: boo
         if source_device is not None:
             array = backend.to_device(data, device).astype(dtype or data.dtype, copy=True)
             return Tensor(array, requires_grad=requires_grad)
-        array = np.array(data)
-        if array.dtype == object:
+        try:
+            array = np.array(data)
+        except ValueError:  # numpy >= 1.24 refuses ragged nested lists outright
+            array = np.array(None, dtype=object)
+        if array.dtype.kind not in "biufc":
             raise TypeError(f"tensor: cannot make a tensor from {type(data).__name__} (ragged or non-numeric data)")
         if dtype is None and array.dtype.kind == "f":
             array = array.astype(DEFAULT_FLOAT)

@@ -96,9 +96,11 @@ def _prepare(inputs: Sequence[Any]) -> tuple[list[Any], list[int]]:
 def _fail(what: str, i: int, t: Tensor, analytic: np.ndarray, numerical: np.ndarray, atol: float, rtol: float) -> None:
     err = np.abs(analytic - numerical) - (atol + rtol * np.abs(numerical))
     worst = np.unravel_index(int(np.argmax(err)), err.shape)
+    element = tuple(int(w) for w in np.unravel_index(int(worst[1]), t.shape))  # the input element, in its own shape
     raise GradcheckError(
         f"gradcheck: {what} for input {i} (shape {t.shape}) disagrees with finite differences; worst at "
-        f"{tuple(int(w) for w in worst)}: analytic {analytic[worst]:.6g} vs numerical {numerical[worst]:.6g} "
+        f"{tuple(int(w) for w in worst)} (output element {int(worst[0])} of the flattened outputs, input element "
+        f"{element}): analytic {analytic[worst]:.6g} vs numerical {numerical[worst]:.6g} "
         f"(|diff| {abs(analytic[worst] - numerical[worst]):.3g} > atol {atol:g} + rtol {rtol:g} * |numerical|)"
     )
 

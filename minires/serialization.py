@@ -67,10 +67,16 @@ def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"load: no file at {path!r}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would take anything else for a .npy or a pickle
+        raise ValueError(f"load: {path!r} is not a readable .npz file (it does not start like a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except ValueError as exc:
-        raise ValueError(f"load: {path!r} holds pickled objects, which minires refuses to load ({exc})") from None
+        if "pickle" in str(exc):
+            raise ValueError(f"load: {path!r} holds pickled objects, which minires refuses to load ({exc})") from None
+        raise ValueError(f"load: {path!r} is not a readable .npz file (ValueError: {exc})") from None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"load: {path!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None

@@ -24,6 +24,20 @@ def _dim_args(name: str, dim: Any, keepdim: bool, axis: Any, keepdims: Any) -> t
     return dim, bool(keepdim)
 
 
+class RemovableHandle:
+    """What ``register_hook`` returns: ``.remove()`` takes the hook out again (calling it does too)."""
+
+    def __init__(self, hooks: list[Any], hook: Any) -> None:
+        self._hooks = hooks
+        self._hook = hook
+
+    def remove(self) -> None:
+        if any(h is self._hook for h in self._hooks):
+            self._hooks.remove(self._hook)
+
+    __call__ = remove
+
+
 class Tensor:
     """An n-dimensional array that can record the ops applied to it and backpropagate through them.
 
@@ -175,21 +189,21 @@ class Tensor:
     def register_hook(self, hook: Callable[[Tensor], Any]) -> Callable[[], None]:
         """Call ``hook(grad)`` when this tensor's gradient is computed; a returned tensor replaces it.
 
-        Returns a function that removes the hook.
+        Returns a handle: ``handle.remove()`` (or ``handle()``) removes the hook, as PyTorch's.
         """
         if not self.requires_grad:
             raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad")
         hooks = self._hooks if self.grad_fn is None else self.grad_fn.hooks.setdefault(self._output_index, [])
         hooks.append(hook)
-
-        def remove() -> None:
-            if hook in hooks:
-                hooks.remove(hook)
-
-        return remove
+        return RemovableHandle(hooks, hook)
 
     def _accumulate_grad(self, grad: Any) -> None:
-        self.grad = Tensor._from_array(grad) if self.grad is None else Tensor._from_array(self.grad.data + grad)
+        if self.grad is None:
+            # A fresh, writable array of our own: backward may hand over a read-only broadcast view
+            # (sum's backward), the same array it gave another input (add's), or the caller's gradient.
+            self.grad = Tensor._from_array(backend.xp_of(grad).array(grad, copy=True))
+        else:
+            self.grad = Tensor._from_array(backend.xp_of(grad).asarray(self.grad.data + grad))
 
     def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
         """Compute the gradient of this tensor with respect to every leaf that requires grad.

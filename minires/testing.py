@@ -250,6 +250,11 @@ def pool_configs(
         ceil_mode=ceil_mode,
     )
     assume(min(cfg.output_shape[2:]) >= 1)
+    # every window must see at least one input element (with dilation a window can fall entirely in the
+    # padding, where PyTorch's max_pool2d returns -inf and an out-of-range index: not a meaningful case)
+    for d, n in enumerate((cfg.height, cfg.width)):
+        k, s, p, dil = cfg.kernel_size[d], cfg.stride[d], cfg.padding[d], cfg.dilation[d]
+        assume(all(any(0 <= o * s - p + i * dil < n for i in range(k)) for o in range(cfg.output_shape[2 + d])))
     return cfg
 
 

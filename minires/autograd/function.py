@@ -27,6 +27,8 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from minires.autograd.grad_mode import is_grad_enabled
 
 if TYPE_CHECKING:
@@ -122,7 +124,9 @@ class Function:
         is_tuple = isinstance(out, tuple)
         outputs = out if is_tuple else (out,)
         record = is_grad_enabled() and any(needs)
-        results = [Tensor._from_array(o) for o in outputs]
+        # numpy reductions of a whole array return scalars (np.float64), not 0-d arrays; keep
+        # Tensor.data an array so in-place updates (x.data[...] = 0, grad.zero_()) always work.
+        results = [Tensor._from_array(np.asarray(o) if isinstance(o, np.generic) else o) for o in outputs]
         if record:
             edges: list[Any] = []
             for a, need in zip(args, needs):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, sum_to_shape
@@ -224,35 +226,50 @@ class Where(Function):
         return None, ga, gb
 
 
+def _apply_binary(name: str, op: type[Function], a: Tensor, b: Tensor) -> Tensor:
+    """``op.apply(a, b)``, turning numpy's anonymous broadcasting error into one naming the op."""
+    try:
+        return op.apply(a, b)
+    except ValueError:
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise ValueError(
+                f"{name}: shapes {a.shape} and {b.shape} do not broadcast "
+                "(aligned from the right, each pair of dims must be equal or contain a 1)"
+            ) from None
+        raise
+
+
 def add(a: Any, b: Any) -> Tensor:
-    return Add.apply(*_binary(a, b))
+    return _apply_binary("add", Add, *_binary(a, b))
 
 
 def sub(a: Any, b: Any) -> Tensor:
-    return Sub.apply(*_binary(a, b))
+    return _apply_binary("sub", Sub, *_binary(a, b))
 
 
 def mul(a: Any, b: Any) -> Tensor:
-    return Mul.apply(*_binary(a, b))
+    return _apply_binary("mul", Mul, *_binary(a, b))
 
 
 def div(a: Any, b: Any) -> Tensor:
     a, b = _binary(a, b)
     if a.dtype.kind in "iub" and b.dtype.kind in "iub":
         a = a.float()  # true division of integers gives floats, as PyTorch
-    return Div.apply(a, b)
+    return _apply_binary("div", Div, a, b)
 
 
 def pow(a: Any, b: Any) -> Tensor:  # noqa: A001 - mirrors the operator's name
-    return Pow.apply(*_binary(a, b))
+    return _apply_binary("pow", Pow, *_binary(a, b))
 
 
 def maximum(a: Any, b: Any) -> Tensor:
-    return Maximum.apply(*_binary(a, b))
+    return _apply_binary("maximum", Maximum, *_binary(a, b))
 
 
 def minimum(a: Any, b: Any) -> Tensor:
-    return Minimum.apply(*_binary(a, b))
+    return _apply_binary("minimum", Minimum, *_binary(a, b))
 
 
 def neg(a: Tensor) -> Tensor:

@@ -154,7 +154,8 @@ view = reshape
 def permute(x: Tensor, *dims: Any) -> Tensor:
     x = as_tensor(x)
     order = _shape_arg(dims)
-    if sorted(d % max(x.ndim, 1) for d in order) != list(range(x.ndim)):
+    out_of_range = [d for d in order if not -max(x.ndim, 1) <= d < max(x.ndim, 1)]
+    if out_of_range or sorted(d % max(x.ndim, 1) for d in order) != list(range(x.ndim)):
         raise ValueError(f"permute: dims {order} are not a permutation of the {x.ndim} dims of shape {x.shape}")
     return Permute.apply(x, tuple(d % max(x.ndim, 1) for d in order))
 
@@ -228,6 +229,8 @@ def _check_joinable(name: str, xs: Sequence[Tensor]) -> list[Tensor]:
 def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     """Join tensors along an existing dim (all other dims must match)."""
     xs = _check_joinable("cat", tensors)
+    if any(t.ndim == 0 for t in xs):
+        raise ValueError(f"cat: zero-dimensional tensors cannot be joined along a dim, got shapes {[t.shape for t in xs]}; use stack")
     d = normalize_axes("cat", dim, xs[0].ndim)[0]
     for t in xs[1:]:
         if t.ndim != xs[0].ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, xs[0].shape)) if i != d):

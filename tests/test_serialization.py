@@ -1,0 +1,98 @@
+"""save / load: .npz round trips of nested dicts, atomic writes, no pickle, clear errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import minires as mr
+
+
+def test_round_trip_of_nested_dicts(tmp_path, device):
+    state = {
+        "model": {"fc.weight": mr.tensor(np.arange(6.0).reshape(2, 3), device=device), "fc.bias": np.zeros(2, np.float32)},
+        "optim": {"step": 7, "lr": 0.1, "moments": {"m": np.ones((2, 2), np.float16)}},
+        "flag": True,
+    }
+    path = tmp_path / "ckpt.npz"
+    mr.save(state, path)
+    loaded = mr.load(path)
+    assert set(loaded) == {"model.fc.weight", "model.fc.bias", "optim.step", "optim.lr", "optim.moments.m", "flag"}
+    np.testing.assert_array_equal(loaded["model.fc.weight"], np.arange(6.0).reshape(2, 3))
+    assert loaded["model.fc.weight"].dtype == np.float64
+    assert loaded["model.fc.bias"].dtype == np.float32
+    assert loaded["optim.moments.m"].dtype == np.float16
+    assert loaded["optim.step"].item() == 7 and loaded["optim.lr"].item() == 0.1
+    assert loaded["flag"].item() is True
+    assert all(type(v) is np.ndarray for v in loaded.values())
+    assert os.listdir(tmp_path) == ["ckpt.npz"]  # no temporary file left behind
+
+
+def test_save_overwrites_and_path_can_be_a_string(tmp_path):
+    path = str(tmp_path / "w.npz")
+    mr.save({"a": np.ones(2)}, path)
+    mr.save({"b": np.zeros(3)}, path)
+    assert set(mr.load(path)) == {"b"}
+
+
+def test_failure_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.npz"
+    mr.save({"w": np.arange(3.0)}, path)
+
+    def exploding_savez(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", exploding_savez)
+    with pytest.raises(OSError, match="disk full"):
+        mr.save({"w": np.zeros(3)}, path)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(mr.load(path)["w"], np.arange(3.0))
+    assert os.listdir(tmp_path) == ["ckpt.npz"]
+
+
+def test_refuses_pickled_object_arrays(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, payload=np.array([{"x": 1}, None], dtype=object))
+    with pytest.raises(ValueError, match="pickled objects"):
+        mr.load(path)
+
+
+def test_save_refuses_objects(tmp_path):
+    with pytest.raises(TypeError, match="save: value for 'x' is a object, not an array or number"):
+        mr.save({"x": object()}, tmp_path / "x.npz")
+    with pytest.raises(TypeError, match="save: keys must be strings"):
+        mr.save({1: np.ones(1)}, tmp_path / "x.npz")
+    with pytest.raises(ValueError, match="save: key 'a.b' appears twice"):
+        mr.save({"a": {"b": 1}, "a.b": 2}, tmp_path / "x.npz")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="load: no file at"):
+        mr.load(tmp_path / "nope.npz")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file at all", b"PK\x03\x04truncated"])
+def test_corrupt_file(tmp_path, content):
+    path = tmp_path / "bad.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="load: .* is not a readable .npz file"):
+        mr.load(path)
+
+
+def test_truncated_real_file(tmp_path):
+    path = tmp_path / "cut.npz"
+    mr.save({"w": np.arange(1000.0)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="load: .* is not a readable .npz file"):
+        mr.load(path)
+
+
+def test_a_plain_npy_file_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.ones(3))
+    with pytest.raises(ValueError, match="load: .* is not a readable .npz file"):
+        mr.load(path)
