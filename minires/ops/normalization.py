@@ -1,0 +1,226 @@
+"""Batch normalisation: one Function with a closed-form backward, for (N, C, *) inputs.
+
+Per channel c over the M = N * prod(spatial) values that share it::
+
+    y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
+
+Training uses the batch statistics (biased variance) and updates the running statistics in place
+(running_var with the unbiased variance, as PyTorch); eval uses the running statistics, which makes
+the op affine in x. The kernels view x as (N, C, K) with K = prod(spatial) so every per-channel
+statistic is one reduction over axes (0, 2), and work in x's float dtype throughout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from minires.autograd.function import Context, Function
+from minires.backend import xp_of
+from minires.ops._util import as_tensor, check_float
+from minires.tensor import Tensor
+
+# Blocks of roughly this many bytes keep the backward's in-place passes in cache (numpy only).
+_BLOCK_BYTES = 1 << 22
+
+
+def _channel_sum(xp: Any, a3: Any) -> Any:
+    """Sum of an (N, C, K) array over axes (0, 2) -> (C,)."""
+    return xp.einsum("nck->c", a3)
+
+
+def _channel_dot(xp: Any, a3: Any, b3: Any) -> Any:
+    """Per-channel dot product of two (N, C, K) arrays -> (C,)."""
+    return xp.einsum("nck,nck->c", a3, b3)
+
+
+def _blocks(xp: Any, a3: Any) -> list[slice]:
+    """Slices over the batch axis; one block on the GPU, cache-sized blocks on numpy."""
+    n = a3.shape[0]
+    if xp is not np:
+        return [slice(0, n)]
+    per_sample = max(1, a3[0].nbytes)
+    step = max(1, _BLOCK_BYTES // per_sample)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def batch_norm_forward_train(x3: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any, Any]:
+    """Training forward on x viewed as (N, C, K): returns (y3, mean, biased var, invstd), all x.dtype.
+
+    Two passes for the statistics (mean, then the sum of squared deviations written straight into
+    the output buffer), so a large mean does not cancel the variance away; then the scale and shift
+    in place, block by block while the block is in cache.
+    """
+    xp = xp_of(x3)
+    dt = x3.dtype
+    m = x3.shape[0] * x3.shape[2]
+    mean = (_channel_sum(xp, x3) / dt.type(m)).astype(dt, copy=False)
+    out = xp.subtract(x3, mean[:, None])
+    var = (_channel_dot(xp, out, out) / dt.type(m)).astype(dt, copy=False)
+    invstd = (1 / xp.sqrt(var + dt.type(eps))).astype(dt, copy=False)
+    scale = (invstd if weight is None else invstd * weight)[:, None]
+    for b in _blocks(xp, x3):
+        ob = out[b]
+        ob *= scale
+        if bias is not None:
+            ob += bias[:, None]
+    return out, mean, var, invstd
+
+
+def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: Any, need_x: bool) -> tuple[Any, Any, Any]:
+    """Training backward: returns (dx3 or None, dweight = sum(g * x_hat), dbias = sum(g)).
+
+    With x_hat = (x - mean) * invstd and k = weight * invstd::
+
+        dx = k * (g - sum(g) / M - x_hat * sum(g * x_hat) / M)
+
+    Pass 1 (per block): d = x - mean into the dx buffer, accumulating sum(g) and sum(g * d).
+    Pass 2 (per block, in cache): d *= -invstd^2 sum(g d) / M; d += g; d -= sum(g) / M; d *= k.
+    """
+    xp = xp_of(g3, x3)
+    dt = x3.dtype
+    m = x3.shape[0] * x3.shape[2]
+    blocks = _blocks(xp, x3)
+    sum_g = xp.zeros_like(x3, shape=(x3.shape[1],))  # *_like: arrays of x's own type and device
+    sum_gd = xp.zeros_like(sum_g)
+    d = xp.empty_like(x3)
+    mean_col = mean[:, None]
+    for b in blocks:
+        xp.subtract(x3[b], mean_col, out=d[b])
+        sum_g += _channel_sum(xp, g3[b])
+        sum_gd += _channel_dot(xp, g3[b], d[b])
+    dweight = sum_gd * invstd
+    if not need_x:
+        return None, dweight, sum_g
+    k = invstd if weight is None else invstd * weight
+    coef_d = (-(invstd * invstd) * sum_gd / dt.type(m))[:, None]
+    shift = (-sum_g / dt.type(m))[:, None]
+    k_col = k[:, None]
+    for b in blocks:
+        db = d[b]
+        db *= coef_d
+        db += g3[b]
+        db += shift
+        db *= k_col
+    return d, dweight, sum_g
+
+
+class BatchNorm(Function):
+    """y = (x - mean) * invstd * weight + bias on x viewed as (N, C, K); running stats updated in place.
+
+    Arguments (raw arrays): x (N, C, *), weight (C,) or None, bias (C,) or None, running_mean and
+    running_var (C,) or None, use_batch_stats, momentum, eps. Gradients flow to x, weight and bias.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Context,
+        x: Any,
+        weight: Any,
+        bias: Any,
+        running_mean: Any,
+        running_var: Any,
+        use_batch_stats: bool,
+        momentum: float,
+        eps: float,
+    ) -> Any:
+        xp = xp_of(x)
+        dt = x.dtype
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        w = None if weight is None else weight.astype(dt, copy=False)
+        b = None if bias is None else bias.astype(dt, copy=False)
+        ctx.x_shape = x.shape
+        ctx.training = use_batch_stats
+        if use_batch_stats:
+            out, mean, var, invstd = batch_norm_forward_train(x3, w, b, eps)
+            if running_mean is not None:
+                m = x3.shape[0] * x3.shape[2]
+                unbiased = var.astype(running_var.dtype) * running_var.dtype.type(m / (m - 1))
+                running_mean *= 1 - momentum
+                running_mean += momentum * mean.astype(running_mean.dtype)
+                running_var *= 1 - momentum
+                running_var += momentum * unbiased
+        else:
+            mean = running_mean.astype(dt, copy=False)
+            invstd = (1 / xp.sqrt(running_var.astype(dt, copy=False) + dt.type(eps))).astype(dt, copy=False)
+            scale = invstd if w is None else invstd * w
+            out = xp.multiply(x3, scale[:, None])
+            out += (-mean * scale if b is None else b - mean * scale)[:, None]
+        ctx.save_for_backward(x3, mean, invstd, w)
+        return out.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
+        x3, mean, invstd, w = ctx.saved_tensors
+        xp = xp_of(g)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g3 = g.reshape(x3.shape)
+        dx = dw = db = None
+        if ctx.training:
+            dx3, dw, db = batch_norm_backward_train(g3, x3, mean, invstd, w, need_x)
+            dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
+        else:
+            # eval: y is affine in x with per-channel slope weight * invstd
+            if need_x:
+                k = invstd if w is None else invstd * w
+                dx = xp.multiply(g3, k[:, None]).reshape(ctx.x_shape)
+            if need_w:  # sum(g * (x - mean)) block by block, so the difference stays in cache
+                dw = sum(_channel_dot(xp, g3[b], x3[b] - mean[:, None]) for b in _blocks(xp, x3)) * invstd
+            if need_b:
+                db = _channel_sum(xp, g3)
+        return dx, (dw if need_w else None), (db if need_b else None), None, None, None, None, None
+
+
+def _check_channel_vector(name: str, what: str, t: Any, c: int, x: Tensor) -> None:
+    if t is None:
+        return
+    if tuple(t.shape) != (c,):
+        raise ValueError(f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {x.shape} with {c} channels")
+    if t.device != x.device:
+        raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation of x (N, C) or (N, C, *spatial) over every axis but the channel axis 1.
+
+    ``training=True`` (or no running statistics) normalises with the batch mean and biased variance;
+    when running_mean / running_var (C,) are given in training they are updated in place:
+    ``r = (1 - momentum) * r + momentum * batch_stat`` with the unbiased variance for running_var.
+    Eval mode normalises with the running statistics. weight / bias (C,) are the optional affine
+    parameters. Returns a tensor shaped like x.
+    """
+    name = "batch_norm"
+    x = as_tensor(x)
+    check_float(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {x.shape}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{name}: give both running_mean and running_var, or neither")
+    c = x.shape[1]
+    weight = None if weight is None else as_tensor(weight)
+    bias = None if bias is None else as_tensor(bias)
+    running_mean = None if running_mean is None else as_tensor(running_mean)
+    running_var = None if running_var is None else as_tensor(running_var)
+    for what, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        _check_channel_vector(name, what, t, c, x)
+    use_batch_stats = bool(training) or running_mean is None
+    if use_batch_stats:
+        per_channel = x.numel() // max(c, 1)
+        if per_channel <= 1:
+            raise ValueError(
+                f"{name}: expected more than 1 value per channel when training, got input of shape {x.shape} "
+                f"({per_channel} value(s) for each of {c} channels)"
+            )
+    rm = None if running_mean is None else running_mean.data
+    rv = None if running_var is None else running_var.data
+    return BatchNorm.apply(x, weight, bias, rm, rv, use_batch_stats, float(momentum), float(eps))
