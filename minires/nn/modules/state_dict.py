@@ -1,0 +1,92 @@
+"""Loading a state dict into a module's tensors: key matching, shape checks, one clear error.
+
+Kept apart from ``Module`` because it is the one place that knows about foreign checkpoint values
+(numpy, cupy, PyTorch tensors) and PyTorch's error wording, which users grep for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from minires import backend
+from minires.tensor import Tensor
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict(strict=False)`` returns: the keys it had to skip."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return f"IncompatibleKeys(missing_keys={self.missing_keys}, unexpected_keys={self.unexpected_keys})"
+
+
+def checkpoint_array(value: Any) -> Any:
+    """The raw array behind a checkpoint value: a Tensor, a numpy/cupy array, a number or a torch tensor."""
+    if isinstance(value, Tensor):
+        return value.data
+    if type(value).__module__.split(".")[0] == "torch":  # a PyTorch tensor, without importing torch
+        return value.detach().cpu().numpy()
+    try:
+        backend.device_of(value)
+    except TypeError:
+        return np.asarray(value)
+    return value
+
+
+def _quoted(keys: list[str]) -> str:
+    return ", ".join(f'"{k}"' for k in keys)
+
+
+def load_into(
+    owner: str, entries: list[tuple[str, Tensor, bool]], state_dict: Mapping[str, Any], strict: bool
+) -> IncompatibleKeys:
+    """Copy ``state_dict[key]`` into each ``(key, tensor, optional)`` of ``entries``, all or nothing.
+
+    An ``optional`` entry absent from ``state_dict`` keeps its value and is not reported missing.
+
+    ``owner`` names the module in the error ("Error(s) in loading state_dict for ResNet: ...").
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict).__name__}.")
+    errors: list[str] = []
+    missing: list[str] = []
+    copies: list[tuple[Tensor, Any]] = []
+    expected: set[str] = set()
+    for key, tensor, optional in entries:
+        expected.add(key)
+        if key not in state_dict:
+            if not optional:
+                missing.append(key)
+            continue
+        try:
+            array = checkpoint_array(state_dict[key])
+        except Exception as exc:  # noqa: BLE001 - reported with the key, like PyTorch
+            errors.append(f"While copying the parameter named \"{key}\", an exception occurred: {exc}.")
+            continue
+        source, target = tuple(array.shape), tensor.shape
+        if target == () and source == (1,):
+            array = array.reshape(())  # old checkpoints stored scalars as 1-element vectors
+        elif source != target:
+            errors.append(
+                f"size mismatch for {key}: copying a param with shape {source} from checkpoint, "
+                f"the shape in current model is {target}."
+            )
+            continue
+        copies.append((tensor, array))
+    unexpected = [key for key in state_dict if key not in expected]
+    if strict:
+        if unexpected:
+            errors.insert(0, f"Unexpected key(s) in state_dict: {_quoted(unexpected)}. ")
+        if missing:
+            errors.insert(0, f"Missing key(s) in state_dict: {_quoted(missing)}. ")
+    if errors:
+        raise RuntimeError(f"Error(s) in loading state_dict for {owner}:\n\t" + "\n\t".join(errors))
+    for tensor, array in copies:
+        tensor.data[...] = backend.to_device(array, tensor.device).astype(tensor.dtype, copy=False)
+    return IncompatibleKeys(missing, unexpected)
