@@ -1,0 +1,348 @@
+"""Residual blocks: the building units of every ResNet in :mod:`minires.models`.
+
+A residual block computes ``y = relu(F(x) + shortcut(x))``: a small stack of convolutions ``F``
+(the *residual branch*) plus a *shortcut* that is the identity when the shape is unchanged and a
+projection (or, in He et al.'s CIFAR nets, a parameter-free subsample-and-zero-pad) when it is not.
+
+Every block here is written the same way, so a reader (or a tool) can find the parts by name::
+
+    def forward(self, x):
+        identity = self.shortcut(x)        # x, or self.downsample(x)
+        out = self.branch(x)               # F(x): conv-bn-relu-conv-bn (or the bottleneck's three)
+        out = self.add(out, identity)      # the residual add, a hookable module (absent when plain)
+        return self.relu(out)
+
+**The hookable residual add.** ``block.add`` is a :class:`ResidualAdd`, a parameter-free module whose
+``forward(branch, identity)`` returns ``branch + identity``. A forward hook on it sees both operands and
+the sum -- ``hook(module, (branch_out, identity), summed)`` -- so skip-connection probes can compare
+the branch with the identity, measure ``|F(x)| / |x|``, or register tensor hooks on either operand to
+read the gradient each path carries. ``block.branch(x)`` and ``block.shortcut(x)`` are ordinary methods,
+so the two paths can also be run on their own. With ``plain=True`` a block has no shortcut at all:
+``add`` and ``downsample`` are ``None`` and ``forward`` is ``relu(branch(x))``.
+
+Attribute names follow torchvision (``conv1``, ``bn1``, ``relu``, ``conv2``, ``bn2``, ``conv3``,
+``bn3``, ``downsample``), so state_dict keys match torchvision's and its weights load unchanged. The
+stride sits on the 3x3 convolution, as in torchvision's current ("v1.5") ResNet.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import minires.nn as nn
+from minires.ops import pad
+from minires.tensor import Tensor
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (a BatchNorm follows, so a bias would be redundant)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias: mixes channels, and with ``stride`` subsamples the grid."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def projection_shortcut(in_planes: int, out_planes: int, stride: int, norm_layer: NormLayer | None = None) -> nn.Sequential:
+    """torchvision's ``downsample``: 1x1 conv (with stride) + BatchNorm, for when a block changes shape.
+
+    An ``nn.Sequential`` so its state_dict keys read ``downsample.0.weight``, ``downsample.1.running_mean``.
+    """
+    norm_layer = norm_layer or nn.BatchNorm2d
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
+
+
+class ResidualAdd(nn.Module):
+    """``branch + identity``: the residual add, as a module so forward hooks can watch it.
+
+    A forward hook receives ``(module, (branch_out, identity), summed)``. It has no parameters and adds
+    nothing to the state_dict.
+    """
+
+    def forward(self, branch: Tensor, identity: Tensor) -> Tensor:
+        if branch.shape != identity.shape:
+            raise ValueError(
+                f"ResidualAdd: residual branch output {branch.shape} and shortcut {identity.shape} differ in shape; "
+                "a block that changes channels or stride needs a downsample (projection) shortcut"
+            )
+        return branch + identity
+
+
+class OptionAShortcut(nn.Module):
+    """He et al. (2015)'s parameter-free "option A" shortcut for the CIFAR ResNets.
+
+    Subsamples the grid by taking every ``stride``-th pixel (``x[:, :, ::stride, ::stride]``) and appends
+    ``out_planes - in_planes`` all-zero channels, so the identity path carries no weights at all:
+    ``(N, in_planes, H, W) -> (N, out_planes, ceil(H / stride), ceil(W / stride))``.
+    The zero channels go after the real ones, as in the authors' Torch code (``nn.Concat`` of the input
+    and a zeroed copy).
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 2) -> None:
+        super().__init__()
+        if out_planes < in_planes:
+            raise ValueError(f"OptionAShortcut: cannot shrink channels ({in_planes} -> {out_planes}) by zero padding")
+        self.in_planes = in_planes
+        self.out_planes = out_planes
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_planes - self.in_planes
+        if extra:
+            x = pad(x, (0, 0, 0, 0, 0, extra))  # (W left/right, H top/bottom, C front/back)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"
+
+
+class _ResidualBlock(nn.Module):
+    """What every block shares: the shortcut, the hookable add and ``forward``.
+
+    Subclasses define ``branch(x)`` (the residual function F) and set ``downsample`` (None for the
+    identity), ``add`` (None when plain) and ``relu``.
+    """
+
+    expansion: int = 1
+    preact: bool = False
+    downsample: nn.Module | None
+    add: ResidualAdd | None
+    relu: nn.ReLU
+
+    def _init_shortcut(self, downsample: nn.Module | None, plain: bool) -> None:
+        self.plain = plain
+        self.downsample = None if plain else downsample
+        self.add = None if plain else ResidualAdd()
+
+    def branch(self, x: Tensor) -> Tensor:
+        """The residual function F(x) (defined by each block)."""
+        raise NotImplementedError
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        """The identity path: ``x`` itself, or ``downsample(x)`` when the block changes shape."""
+        return x if self.downsample is None else self.downsample(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        if self.add is None:  # plain: no skip connection
+            return self.relu(out)
+        identity = self.shortcut(x)
+        out = self.add(out, identity)
+        return self.relu(out)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convolutions: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
+
+    ``(N, inplanes, H, W) -> (N, planes, H / stride, W / stride)``; used by resnet18/34 and the CIFAR nets.
+    ``downsample`` is the shortcut module when the shape changes (``projection_shortcut`` or
+    ``OptionAShortcut``), None for the identity. ``plain=True`` drops the shortcut (and ``downsample``).
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+        plain: bool = False,
+    ) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock: only groups=1 and base_width=64 are supported (as in torchvision)")
+        norm_layer = norm_layer or nn.BatchNorm2d
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self._init_shortcut(downsample, plain)
+        self.stride = stride
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def zero_init_last(self) -> None:
+        """Start the block as (almost) the identity: zero the last BatchNorm's scale, so F(x) = 0."""
+        nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(_ResidualBlock):
+    """1x1 (reduce) -> 3x3 (with the stride) -> 1x1 (expand by 4), each followed by BatchNorm.
+
+    ``(N, inplanes, H, W) -> (N, planes * 4, H / stride, W / stride)``; used by resnet50/101/152. The
+    inner width is ``planes * base_width / 64 * groups`` (``planes`` for plain ResNets; wider for
+    wide ResNets and ResNeXt, as in torchvision).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+        plain: bool = False,
+    ) -> None:
+        super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn2 = norm_layer(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self._init_shortcut(downsample, plain)
+        self.stride = stride
+
+    def branch(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    def zero_init_last(self) -> None:
+        """Start the block as (almost) the identity: zero the last BatchNorm's scale, so F(x) = 0."""
+        nn.init.zeros_(self.bn3.weight)
+
+
+class _PreActBlock(_ResidualBlock):
+    """Pre-activation ordering (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+
+    BN and ReLU move *before* each convolution and nothing follows the add, so the identity path is
+    a clean ``x -> x + F(x) -> ...`` from block to block: ``forward = add(branch(x), shortcut(x))``.
+    When the block changes shape, the projection shortcut reads the pre-activated input
+    ``relu(bn1(x))`` (as in the paper's code), and is a bare 1x1 conv (no BatchNorm). A network of
+    these blocks needs one extra BN + ReLU after its last block (``ResNet``/``CifarResNet`` add it as
+    ``final_bn``).
+    """
+
+    preact = True
+    bn1: nn.BatchNorm2d
+
+    def _branch_from(self, pre: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def branch(self, x: Tensor) -> Tensor:
+        return self._branch_from(self.relu(self.bn1(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self._branch_from(pre)
+        if self.add is None:
+            return out
+        # A projection sees the pre-activated input; the identity sees x itself.
+        identity = x if self.downsample is None else self.downsample(pre)
+        return self.add(out, identity)
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        return x if self.downsample is None else self.downsample(self.relu(self.bn1(x)))
+
+
+class PreActBasicBlock(_PreActBlock):
+    """``x + conv2(relu(bn2(conv1(relu(bn1(x))))))``: the pre-activation BasicBlock.
+
+    Same attribute names and parameter shapes as :class:`BasicBlock`, except ``bn1`` normalizes the
+    block's input (``inplanes`` channels) and ``downsample`` is a bare 1x1 conv.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+        plain: bool = False,
+    ) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("PreActBasicBlock: only groups=1 and base_width=64 are supported")
+        norm_layer = norm_layer or nn.BatchNorm2d
+        self.bn1 = norm_layer(inplanes)
+        self.relu = nn.ReLU()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn2 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self._init_shortcut(downsample, plain)
+        self.stride = stride
+
+    def _branch_from(self, pre: Tensor) -> Tensor:
+        out = self.conv1(pre)
+        return self.conv2(self.relu(self.bn2(out)))
+
+    def zero_init_last(self) -> None:
+        """Start the block as the identity: no BatchNorm follows the last conv, so zero its weight."""
+        nn.init.zeros_(self.conv2.weight)
+
+
+class PreActBottleneck(_PreActBlock):
+    """``x + conv3(relu(bn3(conv2(relu(bn2(conv1(relu(bn1(x)))))))))``: the pre-activation Bottleneck."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        norm_layer: NormLayer | None = None,
+        plain: bool = False,
+    ) -> None:
+        super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
+        width = int(planes * (base_width / 64.0)) * groups
+        self.bn1 = norm_layer(inplanes)
+        self.relu = nn.ReLU()
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn2 = norm_layer(width)
+        self.conv2 = conv3x3(width, width, stride, groups)
+        self.bn3 = norm_layer(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self._init_shortcut(downsample, plain)
+        self.stride = stride
+
+    def _branch_from(self, pre: Tensor) -> Tensor:
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        return self.conv3(self.relu(self.bn3(out)))
+
+    def zero_init_last(self) -> None:
+        """Start the block as the identity: no BatchNorm follows the last conv, so zero its weight."""
+        nn.init.zeros_(self.conv3.weight)
+
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "OptionAShortcut",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "ResidualAdd",
+    "conv1x1",
+    "conv3x3",
+    "projection_shortcut",
+]

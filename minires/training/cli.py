@@ -1,0 +1,110 @@
+"""Command lines: ``minires-train`` (also ``python -m minires.train``) and ``minires-eval``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Sequence
+
+from minires.data import DATASETS
+from minires.training.checkpoint import load_checkpoint
+from minires.training.evaluate import evaluate
+from minires.training.recipes import MODEL_NAMES, RECIPES
+from minires.training.trainer import CHECKPOINT, NonFiniteLossError, TrainConfig, Trainer
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="minires-train",
+        description="Train a small ResNet with minires. With no arguments: a ResNet-20 on the handwritten digits "
+        "that ship with scikit-learn (no download).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", help="CIFAR folder (cifar-10-batches-py / cifar-100-python), its parent, or the .tar.gz")
+    p.add_argument("--model", choices=MODEL_NAMES, help="default: the data set's recipe (" +
+                   ", ".join(f"{k}: {r.model}" for k, r in RECIPES.items()) + ")")
+    p.add_argument("--plain", action="store_true", help="the same network without skip connections")
+    p.add_argument("--preact", action="store_true", help="pre-activation residual blocks")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
+    p.add_argument("--schedule", choices=("cosine", "onecycle", "step", "constant"))
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up length (not with onecycle)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
+    p.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random N-image part of the training set")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default: runs/<timestamp>)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from a checkpoint up to --epochs")
+    p.add_argument("--eval-only", action="store_true", help="evaluate --resume's checkpoint instead of training")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.eval_only:
+        if not args.resume:
+            print("minires-train: --eval-only needs --resume CHECKPOINT", file=sys.stderr)
+            return 2
+        return eval_main(["--checkpoint", args.resume] + (["--data-dir", args.data_dir] if args.data_dir else [])
+                         + ["--device", args.device])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if args.resume and args.out is None:
+        config.out = os.path.dirname(os.path.abspath(args.resume))
+    try:
+        trainer = Trainer(config)
+        records = trainer.fit(resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    except NonFiniteLossError as exc:
+        print(f"minires-train: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"minires-train: {exc}", file=sys.stderr)
+        return 2
+    if records:
+        best = max(r["test_acc"] for r in records)
+        print(f"done: final test accuracy {100 * records[-1]['test_acc']:.2f}% (best {100 * best:.2f}%), "
+              f"checkpoint {os.path.join(trainer.config.out, CHECKPOINT)}")
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``minires-eval --checkpoint PATH``: test accuracy, per-class accuracy and confusion matrix."""
+    p = argparse.ArgumentParser(prog="minires-eval", description="Evaluate a minires-train checkpoint on its test set.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-dir", help="override the data folder recorded in the checkpoint")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = p.parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+        if "config" not in ckpt:
+            raise ValueError(f"{args.checkpoint!r} has no 'config' section: not written by minires-train")
+        saved = dict(ckpt["config"])
+        saved.update(device=args.device, prefetch=0, progress=False, out=os.path.dirname(os.path.abspath(args.checkpoint)))
+        if args.data_dir:
+            saved["data_dir"] = args.data_dir
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        trainer = Trainer(TrainConfig(**{k: v for k, v in saved.items() if k in fields}))
+        trainer.model.load_state_dict(ckpt["model"])
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"minires-eval: {exc}", file=sys.stderr)
+        return 2
+    result = evaluate(trainer.model, trainer.test_loader, trainer.num_classes)
+    print(f"{trainer.config.model} on {trainer.config.dataset}, checkpoint after epoch {ckpt.get('epoch')}")
+    print(result.report(list(trainer.test_set.classes) if trainer.test_set.classes else None))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

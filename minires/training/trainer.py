@@ -1,0 +1,333 @@
+"""The training loop behind ``minires-train``: data, model, optimizer and schedule from a
+:class:`TrainConfig`, a progress bar per epoch, metrics, atomic checkpoints and exact resume.
+
+Exact resume: all randomness is either derived from ``(seed, epoch)`` (data order and augmentation,
+see :class:`minires.data.DataLoader`) or saved in the checkpoint (minires' global generator), and the
+checkpoint holds weights, buffers, optimizer and scheduler state. So on the CPU a run resumed from
+a checkpoint ends with the same weights, bit for bit, as one that never stopped. A Ctrl-C checkpoint
+taken mid-epoch records how many batches of that epoch were done; resuming replays the loader past
+them (without computing on them) so even that stays exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import minires.nn.functional as F
+from minires import optim
+from minires import random as mr_random
+from minires.backend import to_numpy
+from minires.data import DataLoader, get_dataset
+from minires.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
+from minires.nn import Module
+from minires.nn.utils import clip_grad_norm_
+from minires.training.checkpoint import load_checkpoint, save_checkpoint
+from minires.training.evaluate import evaluate
+from minires.training.metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
+from minires.training.recipes import RECIPES, build_model
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``None`` fields take the data set's recipe default."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None
+    plain: bool = False
+    preact: bool = False
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    momentum: float = 0.9
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float = 0.0
+    clip_grad_norm: float | None = None
+    augment: bool = True
+    train_subset: int | None = None
+    device: str = "cpu"
+    seed: int = 0
+    out: str | None = None
+    prefetch: int = 2
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every recipe default filled in."""
+        if self.dataset not in RECIPES:
+            raise ValueError(f"--dataset: unknown data set {self.dataset!r}; choose one of {', '.join(RECIPES)}")
+        recipe = RECIPES[self.dataset]
+        filled = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("model", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs", "weight_decay"):
+            if filled[name] is None:
+                filled[name] = getattr(recipe, name)
+        if filled["out"] is None:
+            filled["out"] = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        return TrainConfig(**filled)
+
+
+def _transforms(config: TrainConfig, mean: Any, std: Any, size: int, train: bool) -> Compose:
+    recipe = RECIPES[config.dataset]
+    steps: list[Any] = []
+    if train and config.augment:
+        if recipe.crop_padding:
+            steps.append(RandomCrop(size, padding=recipe.crop_padding))
+        if recipe.flip:
+            steps.append(RandomHorizontalFlip())
+    steps.append(Normalize(mean, std))
+    return Compose(steps)
+
+
+def make_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:
+    # No weight decay on BatchNorm parameters and biases (1-d tensors), as is usual for ResNets.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+    if config.optimizer == "adam":
+        return optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"--optimizer: unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
+
+
+def make_schedule(config: TrainConfig, optimizer: optim.Optimizer, steps_per_epoch: int) -> optim.lr_scheduler.LRScheduler:
+    """A per-iteration schedule over the whole run, with an optional linear warm-up."""
+    sched = optim.lr_scheduler
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    main_steps = max(total - warmup, 1)
+    if config.schedule == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total, 2))
+    if config.schedule == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif config.schedule == "step":
+        main = sched.MultiStepLR(optimizer, milestones=[int(main_steps * 0.5), int(main_steps * 0.75)], gamma=0.1)
+    elif config.schedule == "constant":
+        main = sched.StepLR(optimizer, step_size=max(total, 1) + 1, gamma=1.0)
+    else:
+        raise ValueError(f"--schedule: unknown schedule {config.schedule!r}; choose cosine, onecycle, step or constant")
+    if warmup == 0:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+class _StopOnInterrupt:
+    """The first Ctrl-C asks the loop to stop after the batch in hand (so the checkpoint is consistent);
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort now)", file=sys.stderr)
+
+    def __enter__(self) -> _StopOnInterrupt:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """One training run; :meth:`fit` trains up to ``config.epochs``, resuming when asked."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config = config.resolved()
+        mr_random.manual_seed(config.seed)
+        self.train_set = get_dataset(config.dataset, config.data_dir, train=True)
+        self.test_set = get_dataset(config.dataset, config.data_dir, train=False)
+        if config.train_subset is not None:
+            if not 0 < config.train_subset <= len(self.train_set):
+                raise ValueError(f"--train-subset: expected 1..{len(self.train_set)}, got {config.train_subset}")
+            keep = np.random.default_rng(config.seed).permutation(len(self.train_set))[: config.train_subset]
+            self.train_set = self.train_set.subset(np.sort(keep))
+        channels, size, _ = self.train_set.image_shape
+        mean, std = self.train_set.mean, self.train_set.std
+        self.train_loader = DataLoader(
+            self.train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed, device=config.device,
+            transform=_transforms(config, mean, std, size, train=True), prefetch=config.prefetch,
+        )
+        self.test_loader = DataLoader(
+            self.test_set, 500, device=config.device, transform=_transforms(config, mean, std, size, train=False),
+            prefetch=config.prefetch,
+        )
+        self.num_classes = self.train_set.num_classes
+        self.model = build_model(config.model, self.num_classes, channels, size, config.plain, config.preact).to(config.device)
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler = make_schedule(config, self.optimizer, len(self.train_loader))
+        self.epoch = 0  # completed epochs
+        self.partial: dict[str, Any] = {}  # progress inside an interrupted epoch
+
+    # ----- checkpoints ------------------------------------------------------------------------
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.config.out, CHECKPOINT)
+
+    def save(self, partial: dict[str, Any] | None = None) -> None:
+        save_checkpoint(
+            self.checkpoint_path(),
+            self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            epoch=self.epoch,
+            partial=partial or {},
+            rng=mr_random.get_rng_state(),
+            loader=self.train_loader.get_state(),
+            config=dataclasses.asdict(self.config),
+        )
+
+    def restore(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        for key in ("optimizer", "scheduler", "epoch", "rng", "loader"):
+            if key not in ckpt:
+                raise ValueError(f"--resume: {path!r} lacks the {key!r} section of a minires-train checkpoint")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch = int(ckpt["epoch"])
+        self.partial = dict(ckpt.get("partial") or {})
+        planned = (ckpt.get("config") or {}).get("epochs", self.config.epochs)
+        if planned != self.config.epochs:
+            self._replan_schedule(planned)
+        mr_random.set_rng_state(ckpt["rng"])
+        self.train_loader.set_state(ckpt["loader"])
+
+    def _replan_schedule(self, planned: int) -> None:
+        """Resuming with a different --epochs: rebuild the schedule for the new length and fast-forward
+        it over the steps already taken (the checkpoint's schedule was planned for ``planned`` epochs)."""
+        steps_done = self.epoch * len(self.train_loader) + int(self.partial.get("batches", 0))
+        print(f"note: the checkpoint's schedule was planned for {planned} epochs; re-planning it for "
+              f"{self.config.epochs} and fast-forwarding {steps_done} steps")
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler = make_schedule(self.config, self.optimizer, len(self.train_loader))
+        for _ in range(steps_done):
+            self.scheduler.step()
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def fit(self, resume: str | None = None) -> list[dict[str, Any]]:
+        """Train to ``config.epochs``; returns the metrics of every epoch run so far."""
+        config = self.config
+        os.makedirs(config.out, exist_ok=True)
+        metrics_path = os.path.join(config.out, METRICS)
+        if resume:
+            self.restore(resume)
+            truncate_metrics(metrics_path, self.epoch)
+            print(f"resumed from {resume} after epoch {self.epoch}" + (
+                f" (+{self.partial['batches']} batches)" if self.partial else ""))
+        else:
+            if os.path.exists(metrics_path):
+                os.unlink(metrics_path)
+        print(f"minires-train: {config.model}{' (plain)' if config.plain else ''} on {config.dataset} "
+              f"({len(self.train_set)} train / {len(self.test_set)} test images, {self.num_classes} classes), "
+              f"{sum(p.numel() for p in self.model.parameters()):,} parameters, device {config.device}, out {config.out}")
+        while self.epoch < config.epochs:
+            record = self._run_epoch()
+            append_metrics(metrics_path, record)
+            self.save()
+            print(f"epoch {record['epoch']:3d}/{config.epochs}  lr {record['lr']:.4f}  train loss {record['train_loss']:.4f} "
+                  f"acc {100 * record['train_acc']:.2f}%  test loss {record['test_loss']:.4f} acc {100 * record['test_acc']:.2f}%  "
+                  f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s", flush=True)
+        records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+        if records and plot_curves(records, os.path.join(config.out, CURVES), f"{config.model} on {config.dataset}"):
+            print(f"curves: {os.path.join(config.out, CURVES)}")
+        return records
+
+    def _run_epoch(self) -> dict[str, Any]:
+        config = self.config
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        done = int(self.partial.get("batches", 0))
+        loss_sum = float(self.partial.get("loss_sum", 0.0))
+        correct = int(self.partial.get("correct", 0))
+        seen = int(self.partial.get("seen", 0))
+        seconds = float(self.partial.get("seconds", 0.0))
+        self.partial = {}
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=len(self.train_loader), initial=done, desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                   unit="batch", leave=False, disable=not config.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        with _StopOnInterrupt() as interrupt:
+            for index, (images, labels) in enumerate(self.train_loader):
+                if index < done:
+                    continue  # replaying an interrupted epoch: these batches were trained on already
+                lr = self.optimizer.param_groups[0]["lr"]
+                logits = self.model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                value = float(loss.item())
+                if not math.isfinite(value):
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"the training loss became {value} at epoch {self.epoch + 1}, batch {index + 1} (lr {lr:g}); "
+                        f"stopped. The last good checkpoint ({self.checkpoint_path()}, after epoch {self.epoch}) is kept. "
+                        "Try a lower --lr or --clip-grad-norm."
+                    )
+                self.optimizer.zero_grad()
+                loss.backward()
+                if config.clip_grad_norm:
+                    clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                n = labels.shape[0]
+                loss_sum += value * n
+                correct += int((to_numpy(logits.data.argmax(axis=1)) == to_numpy(labels.data)).sum())
+                seen += n
+                elapsed = seconds + time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", img_s=f"{seen / elapsed:.0f}")
+                if interrupt.requested:
+                    bar.close()
+                    self.save(partial={"batches": index + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
+                                       "seconds": seconds + time.perf_counter() - start})
+                    print(f"\ninterrupted: saved {self.checkpoint_path()} (epoch {self.epoch + 1}, {index + 1} batches done); "
+                          f"continue with --resume {self.checkpoint_path()}", file=sys.stderr)
+                    raise KeyboardInterrupt
+        bar.close()
+        seconds += time.perf_counter() - start
+        result = evaluate(self.model, self.test_loader, self.num_classes)
+        self.epoch += 1
+        return {
+            "epoch": self.epoch,
+            "lr": float(lr),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "test_loss": result.loss,
+            "test_acc": result.accuracy,
+            "seconds": seconds,
+            "images_per_s": seen / seconds if seconds > 0 else float("nan"),
+        }
+
+
+def final_weights(trainer: Trainer) -> dict[str, np.ndarray]:
+    """The model's state dict as host arrays (for comparing runs)."""
+    return {k: to_numpy(v.data).copy() for k, v in trainer.model.state_dict().items()}

@@ -1,0 +1,170 @@
+"""The training command: metrics, checkpoints, exact resume, interruption, non-finite loss, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from minires.serialization import load
+from minires.training import TrainConfig, Trainer, load_checkpoint, save_checkpoint
+from minires.training.cli import eval_main, main
+from minires.training.metrics import METRIC_KEYS
+from minires.training.trainer import NonFiniteLossError, final_weights
+
+
+def _config(out: str, **overrides: object) -> TrainConfig:
+    base = dict(
+        dataset="digits", model="resnet20", epochs=2, batch_size=32, train_subset=128, lr=0.05,
+        warmup_epochs=0.5, out=out, progress=False, prefetch=1, seed=3,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_metrics_checkpoint_and_curves(tmp_path):
+    out = str(tmp_path / "run")
+    records = Trainer(_config(out)).fit()
+    assert [r["epoch"] for r in records] == [1, 2]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        record = json.loads(line)
+        assert set(record) == set(METRIC_KEYS)
+        assert 0.0 <= record["train_acc"] <= 1.0 and 0.0 <= record["test_acc"] <= 1.0
+        assert record["images_per_s"] > 0 and record["seconds"] > 0
+    ckpt = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert ckpt["epoch"] == 2
+    assert "conv1.weight" in ckpt["model"] and "layer1.0.bn1.num_batches_tracked" in ckpt["model"]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    straight = Trainer(_config(str(tmp_path / "a"), epochs=3))
+    straight.fit()
+    first = Trainer(_config(str(tmp_path / "b"), epochs=3))
+    save = first.save
+
+    def save_then_die(partial=None):  # the process is killed right after epoch 1's checkpoint
+        save(partial)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(first, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = Trainer(_config(str(tmp_path / "b"), epochs=3))
+    resumed.fit(resume=str(tmp_path / "b" / "checkpoint.npz"))
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    # the metrics of the resumed run continue the first run's file
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    straight = Trainer(_config(str(tmp_path / "a"), epochs=2))
+    straight.fit()
+
+    interrupted = Trainer(_config(str(tmp_path / "b"), epochs=2))
+    calls = {"n": 0}
+    original_step = interrupted.optimizer.step
+
+    def step_then_ctrl_c() -> None:
+        original_step()
+        calls["n"] += 1
+        if calls["n"] == 6:  # the second batch of epoch 2 (4 batches of 32 per epoch)
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(interrupted.optimizer, "step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["batches"] == 2
+
+    resumed = Trainer(_config(str(tmp_path / "b"), epochs=2))
+    resumed.fit(resume=str(tmp_path / "b" / "checkpoint.npz"))
+    a, b = final_weights(straight), final_weights(resumed)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_resume_with_more_epochs_replans_the_schedule(tmp_path):
+    out = str(tmp_path / "run")
+    Trainer(_config(out, epochs=1, schedule="cosine", warmup_epochs=0)).fit()
+    longer = Trainer(_config(out, epochs=3, schedule="cosine", warmup_epochs=0))
+    records = longer.fit(resume=os.path.join(out, "checkpoint.npz"))
+    # cosine over 3 epochs of 4 steps: epoch 2 starts at step 4 of 12
+    base = 0.05
+    assert records[1]["lr"] == pytest.approx(base * (1 + np.cos(np.pi * 7 / 12)) / 2)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, {"w": np.ones(3)}, epoch=1)
+
+    def broken_savez(file, **arrays):
+        file.write(b"PK\x03\x04 partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"w": np.zeros(3)}, epoch=2)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 1 and np.array_equal(ckpt["model"]["w"], np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temp file left behind
+
+
+def test_checkpoint_roundtrips_nested_state(tmp_path):
+    state = {"state": {0: {"step": 3, "buf": np.arange(4.0)}}, "groups": [{"lr": 0.1, "betas": (0.9, 0.999), "p": [0, 1]}]}
+    rng = np.random.default_rng(5).bit_generator.state  # holds 128-bit integers
+    save_checkpoint(tmp_path / "c.npz", {"a": np.eye(2)}, optimizer=state, rng=rng, note="x", nothing=None)
+    back = load_checkpoint(tmp_path / "c.npz")
+    assert back["optimizer"]["state"][0]["step"] == 3
+    assert np.array_equal(back["optimizer"]["state"][0]["buf"], np.arange(4.0))
+    assert back["optimizer"]["groups"][0]["betas"] == (0.9, 0.999)
+    assert back["rng"] == rng and back["note"] == "x" and back["nothing"] is None
+    # a plain numpy reader sees only arrays (no pickle needed)
+    assert "model.a" in load(tmp_path / "c.npz")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    Trainer(_config(out, epochs=1)).fit()
+    before = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    second = Trainer(_config(out, epochs=2))
+    forward = second.model.forward
+    monkeypatch.setattr(second.model, "forward", lambda x: forward(x) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        second.fit(resume=os.path.join(out, "checkpoint.npz"))
+    after = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert after["epoch"] == 1
+    for key in before["model"]:
+        assert np.array_equal(before["model"][key], after["model"][key])
+
+
+def test_eval_command_prints_confusion_matrix(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--epochs", "1", "--train-subset", "64", "--batch-size", "32", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(out / "checkpoint.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy" in text and "per-class accuracy" in text and "confusion matrix" in text
+    matrix_rows = text.split("confusion matrix")[1].strip().splitlines()[2:]
+    counts = np.array([[int(v) for v in row.split()[1:]] for row in matrix_rows])
+    assert counts.shape == (10, 10) and counts.sum() == 360  # every test image counted once
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["--resume", str(tmp_path / "missing.npz"), "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-progress", "--out", str(tmp_path)]) == 2
+    assert "cifar" in capsys.readouterr().err.lower()
+    assert eval_main(["--checkpoint", str(tmp_path / "nope.npz")]) == 2
