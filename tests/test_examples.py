@@ -1,0 +1,106 @@
+"""Every example runs with --quick (in a subprocess, as a user would run it), prints numbers and saves figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def run_example(name: str, out: Path, *extra: str) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--out", str(out), *extra],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=180,
+    )
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    assert (out / "results.json").exists()
+    return done.stdout
+
+
+def number_after(label: str, text: str) -> float:
+    match = re.search(re.escape(label) + r"\s*(" + FLOAT + ")", text)
+    assert match, f"no number after {label!r} in:\n{text}"
+    return float(match.group(1))
+
+
+def test_autograd_from_scratch(tmp_path: Path) -> None:
+    out = run_example("autograd_from_scratch", tmp_path)
+    assert number_after("max grad difference:", out) < 1e-5
+    assert "gradcheck (fast mode, random directions, float64): True" in out
+    losses = re.search(r"SGD: loss (" + FLOAT + r") -> (" + FLOAT + ")", out)
+    assert losses and float(losses.group(2)) < float(losses.group(1))
+    assert (tmp_path / "graph.dot").read_text().startswith("digraph")
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_skip_connection_gradients(tmp_path: Path) -> None:
+    out = run_example("skip_connection_gradients", tmp_path)
+    assert out.count("identity term == dL/dy exactly: True") == 2
+    errors = [float(x) for x in re.findall(r"max error identity term (" + FLOAT + r"), branch term (" + FLOAT + ")", out)[0]]
+    assert max(errors) < 1e-6
+    assert number_after("max |identity + branch - dL/dx|:", out) < 1e-12
+    rows = json.loads((tmp_path / "results.json").read_text())["network"]
+    assert [r["block"] for r in rows] == ["layer1.0", "layer2.0", "layer3.0"]
+    assert re.search(r"layer1\.0\s+identity\s+" + FLOAT, out)
+    assert (tmp_path / "skip_probe.png").stat().st_size > 0
+
+
+def test_depth_sweep(tmp_path: Path) -> None:
+    out = run_example("depth_sweep", tmp_path)
+    for name in ("plain", "residual", "plain, no BN", "residual, no BN"):
+        for depth in (8, 20):
+            row = re.search(rf"^{re.escape(name)}\s+{depth}\s+({FLOAT})\s+({FLOAT})\s+({FLOAT})", out, re.M)
+            assert row, f"no row for {name} depth {depth}"
+            assert all(float(v) > 0 for v in row.groups())
+    assert (tmp_path / "depth_sweep.png").stat().st_size > 0
+
+
+def test_degradation(tmp_path: Path) -> None:
+    out = run_example("degradation", tmp_path)
+    for name in ("plain-20", "resnet-20"):
+        row = re.search(rf"^{name}\s+({FLOAT})\s+({FLOAT})%\s+({FLOAT})%", out, re.M)
+        assert row and 0 <= float(row.group(2)) <= 100
+    curves = json.loads((tmp_path / "results.json").read_text())["curves"]
+    assert set(curves) == {"plain-20", "resnet-20"} and len(curves["plain-20"]) == 1
+    assert (tmp_path / "degradation.png").stat().st_size > 0
+
+
+def test_custom_op_gradcheck(tmp_path: Path) -> None:
+    out = run_example("custom_op_gradcheck", tmp_path)
+    assert "gradcheck Swish on a random (3, 4) float64 array: True" in out
+    assert re.search(r"'Swish passes gradcheck': passed on \d+ examples", out)
+    assert "BuggySwish raised GradcheckError" in out
+    assert "'BuggySwish passes gradcheck': failed" in out
+    assert number_after("max |backward - finite differences| on the plot's grid:", out) < 1e-6
+    assert (tmp_path / "swish.png").stat().st_size > 0
+
+
+def test_train_cifar(tmp_path: Path) -> None:
+    out = run_example("train_cifar", tmp_path)
+    assert "NOT CIFAR-10" in out  # says that the quick run trains on digits
+    assert re.search(r"resnet18\s+11,173,962 parameters", out)
+    assert 0 <= number_after("test accuracy", out) <= 100
+    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "checkpoint.npz").exists()
+
+
+def test_train_cifar_without_data_dir_refuses_a_full_run(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(EXAMPLES / "train_cifar.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 2 and "--data-dir" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["autograd_from_scratch", "skip_connection_gradients", "depth_sweep", "degradation",
+                                  "custom_op_gradcheck", "train_cifar"])
+def test_example_has_main_and_quick_flag(name: str) -> None:
+    source = (EXAMPLES / f"{name}.py").read_text()
+    assert "def main(argv" in source and '"--quick"' in source and '"--out"' in source
