@@ -168,3 +168,24 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--no-progress", "--out", str(tmp_path)]) == 2
     assert "cifar" in capsys.readouterr().err.lower()
     assert eval_main(["--checkpoint", str(tmp_path / "nope.npz")]) == 2
+
+
+def test_trains_and_evaluates_on_a_cifar_archive(tmp_path, capsys):
+    from test_cifar import make_cifar10, make_tar  # tiny official-layout CIFAR-10, made by the tests
+
+    folder, _ = make_cifar10(tmp_path / "src")
+    archive = make_tar(folder, tmp_path / "cifar-10-python.tar.gz")
+    out = tmp_path / "run"
+    args = ["--dataset", "cifar10", "--data-dir", str(archive), "--epochs", "1", "--batch-size", "25", "--out", str(out)]
+    assert main(args + ["--no-progress"]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text())
+    assert record["epoch"] == 1 and record["images_per_s"] > 0
+    capsys.readouterr()
+    assert main(["--eval-only", "--resume", str(out / "checkpoint.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "airplane" in text and "truck" in text  # class names come from batches.meta
+
+
+def test_batch_larger_than_training_set_is_a_clear_error(tmp_path, capsys):
+    assert main(["--train-subset", "20", "--batch-size", "64", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "--batch-size 64" in capsys.readouterr().err

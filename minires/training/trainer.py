@@ -172,6 +172,9 @@ class Trainer:
                 raise ValueError(f"--train-subset: expected 1..{len(self.train_set)}, got {config.train_subset}")
             keep = np.random.default_rng(config.seed).permutation(len(self.train_set))[: config.train_subset]
             self.train_set = self.train_set.subset(np.sort(keep))
+        if config.batch_size > len(self.train_set):
+            raise ValueError(f"--batch-size {config.batch_size} is larger than the training set ({len(self.train_set)} images); "
+                             "every epoch would be empty")
         channels, size, _ = self.train_set.image_shape
         mean, std = self.train_set.mean, self.train_set.std
         self.train_loader = DataLoader(
