@@ -4,6 +4,12 @@
 product per output element) and once numerically (one pair of perturbed forward passes per input
 element), and compares them. ``fast_mode=True`` compares random directional derivatives instead
 (u^T J v against a two-point difference along v), cheap enough for whole networks.
+
+Kinks: a central difference of step ``eps`` that straddles a kink (ReLU at 0, a max-pool tie)
+measures neither side's slope. Single ops are easy to keep away from kinks (``minires.testing``'s
+``arrays_away_from`` / ``arrays_without_ties``); in fast mode on a whole network every ReLU input
+moves at once, so use a smaller ``eps`` (1e-8 in float64) and inputs whose nearest kink is farther
+than ``eps`` times the direction's size (the model tests measure that distance with hooks).
 """
 
 from __future__ import annotations
