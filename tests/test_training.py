@@ -189,3 +189,16 @@ def test_trains_and_evaluates_on_a_cifar_archive(tmp_path, capsys):
 def test_batch_larger_than_training_set_is_a_clear_error(tmp_path, capsys):
     assert main(["--train-subset", "20", "--batch-size", "64", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "--batch-size 64" in capsys.readouterr().err
+
+
+def test_cuda_without_cupy_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("CuPy is installed here")
+    assert main(["--device", "cuda", "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "pip install" in err

@@ -27,7 +27,7 @@ from tqdm import tqdm
 import minires.nn.functional as F
 from minires import optim
 from minires import random as mr_random
-from minires.backend import to_numpy
+from minires.backend import get_xp, to_numpy
 from minires.data import DataLoader, get_dataset
 from minires.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 from minires.nn import Module
@@ -164,6 +164,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config = config.resolved()
+        try:
+            get_xp(config.device)  # fails early, with the install hint, when CuPy or a GPU is missing
+        except RuntimeError as exc:
+            raise ValueError(f"--device {config.device}: {exc}") from None
         mr_random.manual_seed(config.seed)
         self.train_set = get_dataset(config.dataset, config.data_dir, train=True)
         self.test_set = get_dataset(config.dataset, config.data_dir, train=False)
