@@ -225,14 +225,18 @@ class Tensor:
             grad = xp.ones(self.data.shape, dtype=self.dtype)
         else:
             grad = gradient.data if isinstance(gradient, Tensor) else gradient
+            try:  # an array of another device must be refused before xp.asarray tries to convert it
+                grad_device: str | None = backend.device_of(grad)
+            except TypeError:
+                grad_device = None
+            if grad_device is not None and grad_device != self.device and not isinstance(grad, np.generic):
+                raise RuntimeError(f"backward: gradient is on {grad_device}, the output on {self.device}")
             if not isinstance(grad, xp.ndarray):
                 grad = xp.asarray(grad, dtype=self.dtype)
             if tuple(grad.shape) != self.shape:
                 raise RuntimeError(
                     f"backward: gradient has shape {tuple(grad.shape)}, expected the output's shape {self.shape}"
                 )
-            if backend.device_of(grad) != self.device:
-                raise RuntimeError(f"backward: gradient is on {backend.device_of(grad)}, the output on {self.device}")
             grad = grad.astype(self.dtype, copy=False)
         run_backward(self, grad, retain_graph=retain_graph)
 

@@ -2,7 +2,8 @@
 
 Profiles: "ci" (derandomized, no deadline: the same examples every run, so CI never flakes) is the
 default; "dev" explores more examples with fresh randomness. Choose with HYPOTHESIS_PROFILE=dev.
-The device comes from MINIRES_TEST_DEVICE ("cpu" by default, "cuda" on a GPU machine).
+The device comes from MINIRES_TEST_DEVICE ("cpu" by default, "cuda" on a GPU machine, "foreign" for
+the pretend GPU of tests/foreign_device.py, whose arrays refuse implicit conversion to numpy as CuPy's do).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ settings.register_profile("dev", deadline=None, max_examples=100, suppress_healt
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TEST_DEVICE = os.environ.get("MINIRES_TEST_DEVICE", "cpu")
+
+if TEST_DEVICE == "foreign":
+    import foreign_device
+
+    foreign_device.register()
 
 
 @pytest.fixture

@@ -8,28 +8,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from foreign_device import ForeignArray, foreign_device
 
 import minires as mr
 from minires import backend
 
 
-class ForeignArray(np.ndarray):
-    """Arrays of a pretend device: numpy underneath, but a type of their own."""
-
-
-def _to_host(a):
-    return np.array(a.view(np.ndarray), copy=True)
-
-
-def _from_host(a):
-    return np.array(a, copy=True).view(ForeignArray)
-
-
 @pytest.fixture
 def foreign():
-    backend.register_backend(backend.Backend("foreign", lambda: np, lambda: (ForeignArray,), _to_host, _from_host))
-    yield "foreign"
-    backend.unregister_backend("foreign")
+    with foreign_device() as name:
+        yield name
 
 
 HAS_CUPY = importlib.util.find_spec("cupy") is not None

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from foreign_device import foreign_device
 
 import minires as mr
-from minires import backend
-
-
-class ForeignArray(np.ndarray):
-    """Arrays of a pretend second device (numpy underneath, a type of their own)."""
 
 
 @pytest.fixture
 def foreign():
-    backend.register_backend(
-        backend.Backend(
-            "foreign",
-            lambda: np,
-            lambda: (ForeignArray,),
-            lambda a: np.array(a.view(np.ndarray), copy=True),
-            lambda a: np.array(a, copy=True).view(ForeignArray),
-        )
-    )
-    yield "foreign"
-    backend.unregister_backend("foreign")
+    with foreign_device() as name:
+        yield name
 
 
 def test_matmul_wrong_shapes(device):

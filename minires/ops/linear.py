@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from minires.amp import cast_to_compute
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float
@@ -48,6 +49,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """Affine map of the last axis: x (..., in), weight (out, in), bias (out,) -> (..., out)."""
     x = as_tensor(x)
     weight = as_tensor(weight)
+    x, weight, bias = cast_to_compute(x, weight, None if bias is None else as_tensor(bias))  # float16 under autocast
     check_float("linear", x)
     check_float("linear", weight)
     if weight.ndim != 2:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from minires import backend
+from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float
@@ -294,7 +295,7 @@ def cross_entropy(
     """
     name = "cross_entropy"
     _check_reduction(name, reduction)
-    logits = as_tensor(logits)
+    (logits,) = cast_to_float32(as_tensor(logits))  # float32 log-sum-exp under autocast
     check_float(name, logits)
     if not 0.0 <= float(label_smoothing) <= 1.0:
         raise ValueError(f"{name}: label_smoothing must be between 0 and 1, got {label_smoothing}")
@@ -310,6 +311,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor: 
     x = as_tensor(input)
     check_float(name, x)
     y = as_tensor(target, like=x)
+    x, y = cast_to_float32(x, y)  # float32 under autocast
     if tuple(x.shape) != tuple(y.shape):
         raise ValueError(f"{name}: input has shape {x.shape} but target has shape {y.shape}; expected the same shape")
     if y.dtype != x.dtype:

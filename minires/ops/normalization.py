@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float
@@ -200,7 +201,7 @@ def batch_norm(
     parameters. Returns a tensor shaped like x.
     """
     name = "batch_norm"
-    x = as_tensor(x)
+    (x,) = cast_to_float32(as_tensor(x))  # float16 input -> float32 statistics under autocast
     check_float(name, x)
     if x.ndim < 2:
         raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {x.shape}")
