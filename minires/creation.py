@@ -93,6 +93,12 @@ def ones(*size: Any, dtype: Any = None, device: Any = "cpu", requires_grad: bool
 
 
 def full(size: Sequence[int], fill_value: float, dtype: Any = None, device: Any = "cpu", requires_grad: bool = False) -> Tensor:
+    """A tensor of ``size`` filled with ``fill_value``; without ``dtype``, the fill value's kind picks it
+    as PyTorch does: bool -> bool, int -> int64, float -> float32."""
+    if dtype is None and isinstance(fill_value, (bool, np.bool_)):
+        dtype = np.bool_
+    elif dtype is None and isinstance(fill_value, (int, np.integer)):
+        dtype = np.int64
     xp = backend.get_xp(device)
     return Tensor(xp.full(_size([size]), fill_value, dtype=_dtype(dtype)), requires_grad=requires_grad)
 

@@ -127,6 +127,10 @@ def gradcheck(
     Returns True, or raises :class:`GradcheckError` naming the input, the worst element, the
     analytic and numerical values and the tolerance (returns False instead when
     ``raise_exception=False``). Also checks that a zero output gradient gives zero input gradients.
+
+    The inputs are perturbed in place and restored; an input whose ``.data`` is not C-contiguous
+    gets a contiguous copy as its ``.data`` first (same values; it no longer shares memory with
+    the array it viewed). The ``.grad`` of every checked input is left as None.
     """
     try:
         inputs, targets = _prepare(inputs)

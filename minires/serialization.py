@@ -8,6 +8,7 @@ where a good one stood.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 import zipfile
@@ -17,6 +18,10 @@ import numpy as np
 
 from minires import backend
 from minires.tensor import Tensor
+
+_SAVEZ_PARAMETERS = {
+    name for name, p in inspect.signature(np.savez).parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+}
 
 
 def _flatten(state: Mapping[str, Any], prefix: str, out: dict[str, np.ndarray]) -> None:
@@ -44,6 +49,12 @@ def save(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a (possibly nested) dict of arrays/Tensors/numbers to ``path`` as ``.npz``, atomically."""
     arrays: dict[str, np.ndarray] = {}
     _flatten(state, "", arrays)
+    reserved = sorted(set(arrays) & _SAVEZ_PARAMETERS)
+    if reserved:  # np.savez takes the keys as keyword arguments: "file" would collide, "allow_pickle" vanish
+        raise ValueError(
+            f"save: key {reserved[0]!r} is a parameter name of np.savez and cannot be a top-level key; "
+            "nest it (e.g. {'state': {...}}) or rename it"
+        )
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)

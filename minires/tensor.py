@@ -335,10 +335,14 @@ class Tensor:
     def __ge__(self, other: Any) -> Tensor:  # type: ignore[override]
         return _ops.ge(self, other)
 
-    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+    def __eq__(self, other: Any) -> Any:  # type: ignore[override]
+        if other is None:  # ``t == None`` is False (and ``t != None`` True), as PyTorch
+            return False
         return _ops.eq(self, other)
 
-    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+        if other is None:
+            return True
         return _ops.ne(self, other)
 
     def __getitem__(self, index: Any) -> Tensor:
@@ -350,9 +354,7 @@ class Tensor:
                 "setitem: in-place assignment into a tensor that requires grad would corrupt the graph; "
                 "do it under mr.no_grad() or build a new tensor (e.g. with mr.where)"
             )
-        if isinstance(index, Tensor):
-            index = index.data
-        self.data[index] = value.data if isinstance(value, Tensor) else value
+        self.data[_ops.shape.raw_index(index)] = value.data if isinstance(value, Tensor) else value
 
     # ----- math methods -------------------------------------------------------------------------
     def exp(self) -> Tensor:

@@ -119,6 +119,20 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return span // stride + 1
 
 
+def _window_dim(
+    draw: st.DrawFn, max_kernel: int, max_dilation: int, max_padding: int | None, max_stride: int, max_size: int
+) -> tuple[int, int, int, int, int]:
+    """(kernel, dilation, padding, stride, input size) along one spatial dim, the input at least as large
+    as the dilated kernel once padded. ``max_padding=None``: at most kernel // 2 (PyTorch's pooling rule)."""
+    k = draw(st.integers(1, max_kernel))
+    d = draw(st.integers(1, max_dilation))
+    p = draw(st.integers(0, k // 2 if max_padding is None else max_padding))
+    s = draw(st.integers(1, max_stride))
+    reach = d * (k - 1) + 1
+    size = draw(st.integers(max(1, reach - 2 * p), max(max_size, reach - 2 * p)))
+    return k, d, p, s, size
+
+
 @dataclass(frozen=True)
 class ConvConfig:
     """A conv2d call valid by construction: input (N, C, H, W), weight (O, C/groups, kH, kW)."""
@@ -165,16 +179,9 @@ def conv_configs(
     groups = draw(st.integers(1, max_groups))
     cin = groups * draw(st.integers(1, max(1, max_channels // groups)))
     cout = groups * draw(st.integers(1, max(1, max_channels // groups)))
-    dims = []
-    for _ in range(2):
-        k = draw(st.integers(1, max_kernel))
-        d = draw(st.integers(1, max_dilation))
-        p = draw(st.integers(0, max_padding))
-        s = draw(st.integers(1, max_stride))
-        reach = d * (k - 1) + 1
-        size = draw(st.integers(max(1, reach - 2 * p), max(max_size, reach - 2 * p)))
-        dims.append((k, d, p, s, size))
-    (kh, dh, ph, sh, h), (kw, dw, pw, sw, w) = dims
+    (kh, dh, ph, sh, h), (kw, dw, pw, sw, w) = (
+        _window_dim(draw, max_kernel, max_dilation, max_padding, max_stride, max_size) for _ in range(2)
+    )
     return ConvConfig(
         batch=draw(st.integers(1, max_batch)),
         in_channels=cin,
@@ -228,15 +235,7 @@ def pool_configs(
     allow_dilation: bool = True,
 ) -> PoolConfig:
     """Pooling configurations valid by construction (PyTorch's rule: padding <= kernel // 2)."""
-    dims = []
-    for _ in range(2):
-        k = draw(st.integers(1, max_kernel))
-        d = draw(st.integers(1, max_dilation)) if allow_dilation else 1
-        p = draw(st.integers(0, k // 2))
-        s = draw(st.integers(1, max_stride))
-        reach = d * (k - 1) + 1
-        size = draw(st.integers(max(1, reach - 2 * p), max(max_size, reach - 2 * p)))
-        dims.append((k, d, p, s, size))
+    dims = [_window_dim(draw, max_kernel, max_dilation if allow_dilation else 1, None, max_stride, max_size) for _ in range(2)]
     ceil_mode = draw(st.booleans())
     cfg = PoolConfig(
         batch=draw(st.integers(1, max_batch)),

@@ -127,3 +127,11 @@ def test_tensor_refuses_non_numeric_data():
         mr.tensor(["a", "b"])
     with pytest.raises(TypeError, match="tensor: cannot make a tensor"):
         mr.tensor([object()])
+
+
+def test_full_infers_the_dtype_from_the_fill_value(device):
+    assert mr.full((2,), 3, device=device).dtype == np.int64
+    assert mr.full((2,), True, device=device).dtype == np.bool_
+    assert mr.full((2,), 1.5, device=device).dtype == np.float32
+    assert mr.full((2,), 3, dtype=mr.float64, device=device).dtype == np.float64
+    np.testing.assert_array_equal(mr.full((2,), 3, device=device).numpy(), [3, 3])

@@ -88,3 +88,12 @@ def test_matches_torch_when_installed() -> None:
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12)
     for o, t in zip(ours, theirs):
         np.testing.assert_allclose(o.grad.numpy(), t.grad.numpy(), rtol=1e-12)
+
+
+def test_dtype_mismatch_is_refused() -> None:
+    x = mr.tensor(np.ones((2, 3)), dtype=mr.float32)
+    w64 = mr.tensor(np.ones((4, 3)), dtype=mr.float64)
+    with pytest.raises(TypeError, match="linear: input dtype float32 and weight dtype float64 differ"):
+        linear(x, w64)
+    with pytest.raises(TypeError, match="linear: bias dtype float64 differs from input dtype float32"):
+        linear(x, w64.float(), mr.zeros(4, dtype=mr.float64))

@@ -112,3 +112,11 @@ def test_activations_refuse_integer_tensors(device):
     for fn in (mr.relu, mr.sigmoid, mr.tanh, mr.softmax):
         with pytest.raises(TypeError, match="expected a floating-point tensor"):
             fn(mr.tensor([1, 2], device=device))
+
+
+def test_relu_of_minus_infinity_is_zero(device):
+    x = mr.tensor([-np.inf, -1.0, 2.0, np.inf], device=device, requires_grad=True)
+    y = mr.relu(x)
+    np.testing.assert_array_equal(y.numpy(), [0.0, 0.0, 2.0, np.inf])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 1.0, 1.0])

@@ -275,3 +275,71 @@ def test_float32_gradients_stay_float32(device):
     (x * x + x.exp()).sum().backward()
     assert x.grad.dtype == np.float32
     np.testing.assert_allclose(x.grad.numpy(), 2 * np.array([1.0, 2.0]) + np.exp([1.0, 2.0]), rtol=1e-6)
+
+
+# ----- dtype promotion as PyTorch: a float operand's dtype wins, scalars never widen ------------------
+def test_mixed_kind_operands_take_the_float_dtype(device):
+    i = mr.tensor([1, 2, 4], device=device)
+    b = mr.tensor([True, False, True], device=device)
+    f = mr.tensor([0.5, 1.0, 2.0], device=device)
+    iv, bv, fv = np.array([1, 2, 4]), np.array([True, False, True]), np.array([0.5, 1.0, 2.0])
+    cases = [
+        (i * 2.5, np.float32, iv * 2.5), (2.5 - i, np.float32, 2.5 - iv), (i / 2, np.float32, iv / 2),
+        (i / i, np.float32, iv / iv), (f + i, np.float32, fv + iv), (i * f, np.float32, iv * fv),
+        (f * np.float64(3.0), np.float32, fv * 3), (np.float64(3.0) - f, np.float32, 3 - fv),
+        (i + np.int64(1), np.int64, iv + 1), (b + 1, np.int64, bv.astype(np.int64) + 1), (b * 2, np.int64, bv * 2),
+        (b + 0.5, np.float32, bv + 0.5), (mr.where(b, i, 0.5), np.float32, np.where(bv, iv, 0.5)),
+        (i.exp(), np.float32, np.exp(iv)), (i.log(), np.float32, np.log(iv)), (i.sqrt(), np.float32, np.sqrt(iv)),
+    ]
+    for out, dtype, expected in cases:
+        assert out.dtype == dtype, (out.dtype, dtype, expected)
+        np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+
+
+def test_float32_graph_stays_float32_with_an_integer_tensor(device):
+    x = mr.tensor([1.0, 2.0], device=device, requires_grad=True)
+    k = mr.tensor([3, 4], device=device)
+    y = x * k
+    assert y.dtype == np.float32
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 4.0])
+
+
+def test_comparison_with_none_is_false_as_pytorch(device):
+    x = mr.tensor([1.0, 2.0], device=device)
+    assert (x == None) is False  # noqa: E711 - the operator itself is under test
+    assert (x != None) is True  # noqa: E711
+    assert x not in [None]
+
+
+def _central_difference(f, v, eps=1e-6):
+    return (f(v + eps) - f(v - eps)) / (2 * eps)
+
+
+def test_pow_gradient_where_the_textbook_formula_is_nan(device):
+    # d/da a**0 at a = 0: b * a**(b - 1) is 0 * inf; the function is constant, so the slope is 0
+    a = leaf(np.array([0.0, 2.0]), device)
+    b = leaf(np.array([0.0, 0.0]), device)
+    (a**b).sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [_central_difference(lambda v: v**0.0, 0.0), 0.0])
+    # d/db 0**b for b > 0 is 0 (a**b log a would be 0 * -inf); and d/db a**b = a**b log a elsewhere
+    a = mr.tensor([0.0, 2.0], dtype=mr.float64, device=device)
+    b = leaf(np.array([2.0, 3.0]), device)
+    (a**b).sum().backward()
+    expected = [_central_difference(lambda v: 0.0**v, 2.0), _central_difference(lambda v: 2.0**v, 3.0)]
+    np.testing.assert_allclose(b.grad.numpy(), expected, rtol=1e-6, atol=1e-12)
+
+
+def test_clamp_on_a_tensor_bound_gives_the_gradient_to_the_input(device):
+    # the same convention as with number bounds (gradient passes where lo <= x <= hi), as PyTorch
+    x = leaf(np.array([-1.0, 0.0, 1.0, 3.0]), device)
+    lo = leaf(np.array([-1.0, -1.0, -1.0, -1.0]), device)
+    hi = leaf(np.array([1.0, 1.0, 1.0, 1.0]), device)
+    mr.clamp(x, lo, hi).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(lo.grad.numpy(), [0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(hi.grad.numpy(), [0.0, 0.0, 0.0, 1.0])
+    y = leaf(np.array([-1.0, 0.0, 1.0, 3.0]), device)
+    mr.clamp(y, -1.0, 1.0).sum().backward()
+    np.testing.assert_array_equal(y.grad.numpy(), x.grad.numpy())
+    np.testing.assert_array_equal(mr.clamp(x, lo, hi).numpy(), np.clip(x.numpy(), -1.0, 1.0))

@@ -180,3 +180,42 @@ def test_reduction_dim_errors_name_the_op(device):
         x.max(dim=(0, 1))
     with pytest.raises(ValueError, match="amax: cannot reduce an empty tensor"):
         mr.amax(mr.zeros(0, device=device))
+
+
+# ----- a 0-d tensor accepts dim 0 / -1, as PyTorch -----------------------------------------------------
+@pytest.mark.parametrize("dim", [0, -1])
+def test_reductions_of_a_0d_tensor_along_dim_0(device, dim):
+    for name in ("sum", "mean", "amax", "amin"):
+        x = mr.tensor(np.array(2.5), device=device, requires_grad=True)
+        out = getattr(x, name)(dim)
+        assert out.shape == () and out.item() == 2.5
+        out.backward()
+        assert x.grad.shape == () and x.grad.item() == 1.0
+    for name in ("max", "min"):
+        x = mr.tensor(np.array(2.5), device=device, requires_grad=True)
+        for keepdim in (False, True):
+            values, indices = getattr(x, name)(dim=dim, keepdim=keepdim)
+            assert values.shape == () and values.item() == 2.5
+            assert indices.shape == () and indices.item() == 0
+        x.max(dim=dim).values.backward()
+        assert x.grad.item() == 1.0
+    x = mr.tensor(np.array(2.5), device=device)
+    assert x.argmax(dim).item() == 0 and x.argmin(dim).item() == 0
+    assert x.softmax(dim).item() == 1.0
+
+
+def test_reductions_of_a_0d_tensor_refuse_other_dims(device):
+    x = mr.tensor(np.array(2.5), device=device)
+    with pytest.raises(IndexError, match="max: dim 1 is out of range for a tensor with 0 dimensions"):
+        x.max(dim=1)
+    with pytest.raises(IndexError, match="sum: dim -2 is out of range"):
+        x.sum(-2)
+
+
+def test_argmax_argmin_dim_errors_name_the_op(device):
+    x = mr.zeros(2, 3, device=device)
+    with pytest.raises(IndexError, match="argmax: dim 2 is out of range for a tensor with 2 dimensions"):
+        x.argmax(dim=2)
+    with pytest.raises(IndexError, match="argmin: dim -3 is out of range"):
+        x.argmin(dim=-3)
+    np.testing.assert_array_equal(mr.tensor([[1.0, 5.0, 2.0]], device=device).argmax(dim=-1).numpy(), [1])

@@ -211,3 +211,41 @@ def test_to_dtype_is_differentiable(device):
     assert x.grad.dtype == np.float64
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
     assert x.to(mr.float64) is x
+
+
+def test_expand_refuses_minus_one_in_a_new_leading_dim(device):
+    x = mr.tensor([1.0, 2.0], device=device)
+    with pytest.raises(ValueError, match=r"expand: target \(-1, 2\) for shape \(2,\) has -1 at dim 0"):
+        x.expand(-1, 2)
+    with pytest.raises(ValueError, match=r"expand: target \(3, -2\) for shape \(2,\) has -2 at dim 1"):
+        x.expand(3, -2)
+    assert x.expand(3, -1).shape == (3, 2)
+
+
+def test_transpose_checks_dims_on_1d_and_0d_tensors(device):
+    x = mr.tensor([1.0, 2.0], device=device)
+    with pytest.raises(IndexError, match="transpose: dim 5 is out of range for a tensor with 1 dimensions"):
+        x.transpose(0, 5)
+    assert x.transpose(0, -1).shape == (2,)
+
+
+def test_list_of_index_tensors_indexes_like_a_tuple(device):
+    a = np.arange(12.0).reshape(3, 4)
+    x = mr.tensor(a, device=device, requires_grad=True)
+    rows, cols = np.array([0, 0, 2]), np.array([1, 1, 3])
+    y = x[[mr.tensor(rows, device=device), mr.tensor(cols, device=device)]]  # PyTorch: same as x[rows, cols]
+    np.testing.assert_array_equal(y.numpy(), a[rows, cols])
+    y.sum().backward()
+    expected = np.zeros_like(a)
+    np.add.at(expected, (rows, cols), 1.0)
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+def test_setitem_with_index_tensors_inside_a_tuple(device):
+    x = mr.zeros(3, 4, device=device)
+    x[(mr.tensor([0, 2], device=device), 1)] = 5.0
+    x[mr.tensor([False, True, False], device=device), 3] = 7.0
+    expected = np.zeros((3, 4))
+    expected[[0, 2], 1] = 5.0
+    expected[1, 3] = 7.0
+    np.testing.assert_array_equal(x.numpy(), expected)

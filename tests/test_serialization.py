@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import minires as mr
+from minires.serialization import _SAVEZ_PARAMETERS
 
 
 def test_round_trip_of_nested_dicts(tmp_path, device):
@@ -96,3 +97,15 @@ def test_a_plain_npy_file_is_not_a_state_dict(tmp_path):
     np.save(path, np.ones(3))
     with pytest.raises(ValueError, match="load: .* is not a readable .npz file"):
         mr.load(path)
+
+
+@pytest.mark.parametrize("key", sorted(_SAVEZ_PARAMETERS))  # numpy 2.x: "file" and "allow_pickle"
+def test_keys_that_are_savez_parameter_names_are_refused_clearly(tmp_path, key):
+    # np.savez takes the keys as keyword arguments: "file" collided with its first parameter (an
+    # unclear TypeError) and "allow_pickle" was swallowed as an option (the array silently missing)
+    path = tmp_path / "ckpt.npz"
+    with pytest.raises(ValueError, match=f"save: key '{key}' is a parameter name of np.savez"):
+        mr.save({key: np.arange(2.0), "w": np.ones(1)}, path)
+    assert not path.exists()
+    mr.save({"nested": {key: np.arange(2.0)}}, path)  # a dotted key is fine
+    np.testing.assert_array_equal(mr.load(path)[f"nested.{key}"], [0.0, 1.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -13,11 +14,16 @@ from minires.tensor import DEFAULT_FLOAT, Tensor
 def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     """Turn an operand into a Tensor: Python scalars take ``like``'s dtype and device.
 
-    numpy arrays keep their dtype and stay on the CPU (mixing them with a GPU tensor raises the
-    device error, as it should, rather than copying silently).
+    As in PyTorch, a scalar never widens the tensor's dtype: a float scalar with an integer or bool
+    tensor is float32, an int scalar with a bool tensor int64, and numpy scalars (``np.float64(2)``)
+    mix in like Python numbers when there is a ``like``. numpy arrays keep their dtype and stay on
+    the CPU (mixing them with a GPU tensor raises the device error, as it should, rather than
+    copying silently).
     """
     if isinstance(value, Tensor):
         return value
+    if like is not None and isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        value = value.item()
     if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
         if like is None:
             dtype = DEFAULT_FLOAT if isinstance(value, float) else np.dtype(np.int64)
@@ -25,6 +31,8 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
         dtype = like.dtype
         if isinstance(value, float) and dtype.kind not in "fc":
             dtype = DEFAULT_FLOAT
+        elif not isinstance(value, bool) and dtype.kind == "b":
+            dtype = np.dtype(np.int64)
         xp = backend.xp_of(like.data)
         return Tensor._from_array(xp.asarray(value, dtype=dtype))
     if isinstance(value, (np.ndarray, np.generic)):
@@ -50,7 +58,10 @@ def sum_to_shape(grad: Any, shape: tuple[int, ...]) -> Any:
 
 
 def normalize_axes(name: str, dim: Any, ndim: int) -> tuple[int, ...] | None:
-    """``dim`` (None, int or sequence, negatives allowed) as a sorted tuple of axes; None means all."""
+    """``dim`` (None, int or sequence, negatives allowed) as a sorted tuple of axes; None means all.
+
+    A 0-d tensor accepts dim 0 or -1, as PyTorch; it has no axis to name, so that gives ``()``.
+    """
     if dim is None:
         return None
     dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
@@ -62,9 +73,14 @@ def normalize_axes(name: str, dim: Any, ndim: int) -> tuple[int, ...] | None:
         out.append(d % max(ndim, 1))
     if len(set(out)) != len(out):
         raise ValueError(f"{name}: dim {dim} repeats an axis")
-    return tuple(sorted(out))
+    return tuple(sorted(out)) if ndim else ()
 
 
 def check_float(name: str, t: Tensor) -> None:
     if t.dtype.kind not in "fc":
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+
+
+def quiet(xp: Any) -> Any:
+    """Silence numpy's divide/invalid warnings (0 / 0, log 0) for values the op defines itself; cupy never warns."""
+    return np.errstate(divide="ignore", invalid="ignore") if xp is np else contextlib.nullcontext()

@@ -17,7 +17,7 @@ class ReLU(Function):
     def forward(ctx: Context, x: Any) -> Any:
         mask = x > 0
         ctx.save_for_backward(mask)
-        return x * mask
+        return xp_of(x).maximum(x, x.dtype.type(0))  # not x * mask: -inf * 0 is nan
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
@@ -133,9 +133,9 @@ def _one_dim(name: str, x: Tensor, dim: Any) -> int:
     if dim is None:
         raise TypeError(f"{name}: dim must be given (an int), as in {name}(x, dim=1)")
     axes = normalize_axes(name, dim, x.ndim)
-    if axes is None or len(axes) != 1:
+    if axes is None or len(axes) > 1 or (x.ndim and not axes):
         raise TypeError(f"{name}: dim must be a single int, got {dim!r}")
-    return axes[0] if x.ndim else 0
+    return axes[0] if axes else 0  # a 0-d tensor: numpy's max/sum accept axis 0 there
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:

@@ -374,7 +374,6 @@ def conv2d(
         expects = f"{cg}" if groups == 1 else f"{cg * groups} ({cg} per group x {groups} groups)"
         raise ValueError(f"conv2d: input has {c} channels, weight expects {expects} (weight shape {tuple(weight.shape)})")
     if bias is not None:
-        bias = as_tensor(bias, like=x)
         if tuple(bias.shape) != (o,):
             raise ValueError(f"conv2d: bias must have shape ({o},) for weight shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
         if bias.dtype != x.dtype:

@@ -12,15 +12,31 @@ import numpy as np
 
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops._util import as_tensor, sum_to_shape
-from minires.tensor import Tensor
+from minires.ops._util import as_tensor, quiet, sum_to_shape
+from minires.tensor import DEFAULT_FLOAT, Tensor
 
 
 def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
+    """Both operands as Tensors, with PyTorch's promotion across kinds: when one is floating and
+    the other integer or bool, the integer one takes the float dtype (numpy would widen
+    float32 with int64 to float64). Integer tensors never require grad, so the cast is no graph op."""
     if isinstance(a, Tensor):
-        return a, as_tensor(b, like=a)
-    b = as_tensor(b)
-    return as_tensor(a, like=b), b
+        b = as_tensor(b, like=a)
+    else:
+        b = as_tensor(b)
+        a = as_tensor(a, like=b)
+    a_float, b_float = a.dtype.kind in "fc", b.dtype.kind in "fc"
+    if a_float and not b_float:
+        b = Tensor._from_array(b.data.astype(a.dtype))
+    elif b_float and not a_float:
+        a = Tensor._from_array(a.data.astype(b.dtype))
+    return a, b
+
+
+def _float_input(a: Any) -> Tensor:
+    """A math function's operand: integer and bool tensors become float32, as PyTorch's exp/log/sqrt."""
+    a = as_tensor(a)
+    return a if a.dtype.kind in "fc" else Tensor._from_array(a.data.astype(DEFAULT_FLOAT))
 
 
 class Add(Function):
@@ -76,7 +92,10 @@ class Div(Function):
 
 
 class Pow(Function):
-    """a ** b; d/da = b a^(b-1), d/db = a^b log a (only computed when b requires grad)."""
+    """a ** b; d/da = b a^(b-1), d/db = a^b log a (only computed when b requires grad).
+
+    As PyTorch: d/da is 0 where b == 0 (a^0 is constant, even at a == 0 where b a^(b-1) is
+    0 * inf), and d/db is 0 where a == 0 and b >= 0 (a^b log a would be 0 * -inf)."""
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -88,9 +107,22 @@ class Pow(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         a, b, out = ctx.saved_tensors
         xp = xp_of(a)
-        ga = sum_to_shape(g * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
-        gb = sum_to_shape(g * out * xp.log(a), b.shape) if ctx.needs_input_grad[1] else None
+        ga = gb = None
+        with quiet(xp):
+            if ctx.needs_input_grad[0]:
+                ga = sum_to_shape(g * xp.where(b == 0, 0, b * a ** (b - 1)), a.shape)
+            if ctx.needs_input_grad[1]:
+                gb = sum_to_shape(g * xp.where((a == 0) & (b >= 0), 0, out * xp.log(a)), b.shape)
         return ga, gb
+
+
+def _tie_split(ctx: Context, g: Any, wins: Any, ties: Any, a_shape: Any, b_shape: Any) -> tuple[Any, Any]:
+    """maximum/minimum's backward: the gradient goes to the winner, half to each input on a tie."""
+    share = wins.astype(g.dtype)
+    share += g.dtype.type(0.5) * ties
+    ga = sum_to_shape(g * share, a_shape) if ctx.needs_input_grad[0] else None
+    gb = sum_to_shape(g * (1 - share), b_shape) if ctx.needs_input_grad[1] else None
+    return ga, gb
 
 
 class Maximum(Function):
@@ -104,8 +136,7 @@ class Maximum(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         a, b = ctx.saved_tensors
-        wa = (a > b) + 0.5 * (a == b)
-        return sum_to_shape(g * wa, a.shape), sum_to_shape(g * (1 - wa), b.shape)
+        return _tie_split(ctx, g, a > b, a == b, a.shape, b.shape)
 
 
 class Minimum(Function):
@@ -119,8 +150,7 @@ class Minimum(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         a, b = ctx.saved_tensors
-        wa = (a < b) + 0.5 * (a == b)
-        return sum_to_shape(g * wa, a.shape), sum_to_shape(g * (1 - wa), b.shape)
+        return _tie_split(ctx, g, a < b, a == b, a.shape, b.shape)
 
 
 class Neg(Function):
@@ -255,8 +285,8 @@ def mul(a: Any, b: Any) -> Tensor:
 
 def div(a: Any, b: Any) -> Tensor:
     a, b = _binary(a, b)
-    if a.dtype.kind in "iub" and b.dtype.kind in "iub":
-        a = a.float()  # true division of integers gives floats, as PyTorch
+    if a.dtype.kind in "iub" and b.dtype.kind in "iub":  # true division of integers gives float32, as PyTorch
+        a, b = _float_input(a), _float_input(b)
     return _apply_binary("div", Div, a, b)
 
 
@@ -277,15 +307,15 @@ def neg(a: Tensor) -> Tensor:
 
 
 def exp(a: Tensor) -> Tensor:
-    return Exp.apply(as_tensor(a))
+    return Exp.apply(_float_input(a))
 
 
 def log(a: Tensor) -> Tensor:
-    return Log.apply(as_tensor(a))
+    return Log.apply(_float_input(a))
 
 
 def sqrt(a: Tensor) -> Tensor:
-    return Sqrt.apply(as_tensor(a))
+    return Sqrt.apply(_float_input(a))
 
 
 def abs(a: Tensor) -> Tensor:  # noqa: A001 - mirrors the builtin's name
@@ -293,14 +323,16 @@ def abs(a: Tensor) -> Tensor:  # noqa: A001 - mirrors the builtin's name
 
 
 def clamp(a: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
+    """Clip ``a`` into [min, max]. On a bound, the gradient goes to ``a``, as PyTorch's clamp (with
+    number or tensor bounds); a tensor bound gets the gradient where it replaced ``a``."""
     if min is None and max is None:
         raise ValueError("clamp: give at least one of min and max")
     if isinstance(min, Tensor) or isinstance(max, Tensor):
-        out = a
+        out = as_tensor(a)
         if min is not None:
-            out = maximum(out, min)
+            out = where(out < min, min, out)  # not maximum(): that splits the gradient on a tie
         if max is not None:
-            out = minimum(out, max)
+            out = where(out > max, max, out)
         return out
     return Clamp.apply(as_tensor(a), min, max)
 

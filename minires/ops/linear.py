@@ -61,8 +61,13 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             f"linear: input has {x.shape[-1]} features (shape {x.shape}), weight expects {weight.shape[1]} "
             f"(weight shape {weight.shape})"
         )
+    if x.dtype != weight.dtype:  # numpy would silently compute (and return) the wider dtype
+        raise TypeError(
+            f"linear: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one (e.g. x.to(dtype=weight.dtype))"
+        )
     if bias is not None:
-        bias = as_tensor(bias)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},) for weight shape {weight.shape}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"linear: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
     return Linear.apply(x, weight, bias)

@@ -8,16 +8,13 @@ that are not ``ignore_index``.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
-
-import numpy as np
 
 from minires import backend
 from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops._util import as_tensor, check_float
+from minires.ops._util import as_tensor, check_float, quiet
 from minires.tensor import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -113,14 +110,9 @@ def _reduce(xp: Any, losses: Any, reduction: str, denom: Any) -> Any:
         return losses
     total = _total(losses)
     if reduction == "mean":
-        with _quiet(xp):
+        with quiet(xp):
             total = total / denom  # 0 / 0 (every target ignored) is nan, as PyTorch
     return total.astype(losses.dtype, copy=False).reshape(())
-
-
-def _quiet(xp: Any) -> Any:
-    """Silence numpy's 0 / 0 warning (cupy never warns)."""
-    return np.errstate(invalid="ignore", divide="ignore") if xp is np else contextlib.nullcontext()
 
 
 def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
@@ -129,7 +121,7 @@ def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
         return _with_class_axis(g, ndim)
     if reduction == "sum":
         return g
-    with _quiet(xp):
+    with quiet(xp):
         return g / denom
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any
 
+import numpy as np
+
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, normalize_axes
@@ -93,7 +95,8 @@ class Extreme(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None]:
         (hit,) = ctx.saved_tensors
         shape, axes, keepdim = ctx.meta
-        share = hit / hit.sum(axis=axes, keepdims=True)
+        share = hit.astype(g.dtype)  # in g's dtype: a bool / int division would give float64
+        share /= share.sum(axis=axes, keepdims=True)
         return _expand_back(g, shape, axes, keepdim) * share, None, None, None
 
 
@@ -159,8 +162,11 @@ def _extreme(name: str, x: Tensor, dim: Any, keepdim: bool, largest: bool) -> An
         return Extreme.apply(x, None, keepdim, largest)
     if not isinstance(dim, int):
         raise TypeError(f"{name}: dim must be an int (use amax/amin for several dims), got {dim!r}")
-    axes = normalize_axes(name, dim, x.ndim)
-    values, indices = ExtremeAlongDim.apply(x, axes[0], keepdim, largest)
+    normalize_axes(name, dim, x.ndim)  # raises on a dim out of range
+    if x.ndim == 0:  # PyTorch allows dim 0 / -1 on a 0-d tensor: the value itself, index 0
+        values, indices = ExtremeAlongDim.apply(x.reshape(1), 0, False, largest)
+    else:
+        values, indices = ExtremeAlongDim.apply(x, dim % x.ndim, keepdim, largest)
     return MaxResult(values, indices)
 
 
@@ -174,15 +180,21 @@ def min(x: Tensor, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
     return _extreme("min", x, dim, keepdim, False)
 
 
-def argmax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+def _arg_extreme(name: str, x: Tensor, dim: Any, keepdim: bool, largest: bool) -> Tensor:
+    """Index of the first extreme along ``dim`` (of the flattened tensor when dim is None); int64."""
     x = as_tensor(x)
-    if dim is None:
-        return Tensor._from_array(x.data.argmax())
-    return Tensor._from_array(x.data.argmax(axis=dim, keepdims=keepdim))
+    if dim is not None and not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"{name}: dim must be an int or None, got {dim!r}")
+    axes = normalize_axes(name, dim, x.ndim)
+    find = x.data.argmax if largest else x.data.argmin
+    if not axes:  # dim None, or a 0-d tensor
+        return Tensor._from_array(find())
+    return Tensor._from_array(find(axis=axes[0], keepdims=keepdim))
+
+
+def argmax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
+    return _arg_extreme("argmax", x, dim, keepdim, True)
 
 
 def argmin(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
-    x = as_tensor(x)
-    if dim is None:
-        return Tensor._from_array(x.data.argmin())
-    return Tensor._from_array(x.data.argmin(axis=dim, keepdims=keepdim))
+    return _arg_extreme("argmin", x, dim, keepdim, False)

@@ -128,13 +128,15 @@ def _is_basic_index(index: Any) -> bool:
     return all(p is None or p is Ellipsis or isinstance(p, (int, np.integer, slice)) for p in parts)
 
 
-def _raw_index(index: Any) -> Any:
+def raw_index(index: Any) -> Any:
+    """An index with its Tensors unwrapped to arrays. A list holding Tensors indexes one dim per
+    Tensor, like a tuple (PyTorch's rule; numpy would stack it into one index array)."""
     if isinstance(index, Tensor):
         return index.data
     if isinstance(index, tuple):
-        return tuple(_raw_index(i) for i in index)
+        return tuple(raw_index(i) for i in index)
     if isinstance(index, list):
-        return np.asarray(index) if not any(isinstance(i, Tensor) for i in index) else [_raw_index(i) for i in index]
+        return np.asarray(index) if not any(isinstance(i, Tensor) for i in index) else tuple(raw_index(i) for i in index)
     return index
 
 
@@ -162,9 +164,10 @@ def permute(x: Tensor, *dims: Any) -> Tensor:
 
 def transpose(x: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
     x = as_tensor(x)
+    axes = [normalize_axes("transpose", d, x.ndim) for d in (dim0, dim1)]  # raises on a dim out of range
     if x.ndim < 2:
         return x
-    d0, d1 = (normalize_axes("transpose", d, x.ndim)[0] for d in (dim0, dim1))
+    d0, d1 = (a[0] for a in axes)
     order = list(range(x.ndim))
     order[d0], order[d1] = order[d1], order[d0]
     return Permute.apply(x, tuple(order))
@@ -204,6 +207,12 @@ def expand(x: Tensor, *shape: Any) -> Tensor:
     offset = len(target) - x.ndim
     if offset < 0:
         raise ValueError(f"expand: target {tuple(target)} has fewer dims than the tensor's shape {x.shape}")
+    bad = [j for j, n in enumerate(target) if n < 0 and (j < offset or n != -1)]
+    if bad:
+        raise ValueError(
+            f"expand: target {tuple(target)} for shape {x.shape} has {target[bad[0]]} at dim {bad[0]}; expected "
+            f"sizes >= 0, or -1 (keep the size) only in the last {x.ndim} dims, which the tensor already has"
+        )
     for i, n in enumerate(x.shape):
         if target[offset + i] == -1:
             target[offset + i] = n
@@ -213,7 +222,7 @@ def expand(x: Tensor, *shape: Any) -> Tensor:
 
 
 def getitem(x: Tensor, index: Any) -> Tensor:
-    raw = _raw_index(index)
+    raw = raw_index(index)
     try:
         return GetItem.apply(x, raw)
     except IndexError as exc:
