@@ -159,7 +159,8 @@ def test_one_cycle_epochs_times_steps_and_overrun() -> None:
     (dict(max_lr=1.0, epochs=2, steps_per_epoch=-1), "positive integer steps_per_epoch, got -1"),
     (dict(max_lr=1.0, total_steps=10, pct_start=1.5), r"pct_start in \[0, 1\], got 1.5"),
     (dict(max_lr=1.0, total_steps=10, anneal_strategy="exp"), "'cos' or 'linear', got 'exp'"),
-    (dict(max_lr=[1.0], total_steps=10), "expected 2 values for max_lr"),
+    (dict(max_lr=[1.0], total_steps=10), "OneCycleLR: expected 2 values for max_lr"),
+    (dict(max_lr=1.0, total_steps=10, max_momentum=[0.9, 0.9, 0.9]), "OneCycleLR: expected 2 values for max_momentum"),
 ])
 def test_one_cycle_errors(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

@@ -117,8 +117,11 @@ def test_zero_grad_and_requires_grad_() -> None:
     m = Block()
     m(mr.randn(4, 3)).sum().backward()
     assert all(p.grad is not None for p in m.parameters())
+    grads = [p.grad for p in m.parameters()]
     m.zero_grad(set_to_none=False)
     assert all(p.grad is not None and not p.grad.numpy().any() for p in m.parameters())
+    # zeroed in place, as PyTorch (and Optimizer.zero_grad): a reference to the gradient sees the zeros
+    assert all(p.grad is g for p, g in zip(m.parameters(), grads))
     m.zero_grad()
     assert all(p.grad is None for p in m.parameters())
     assert m.requires_grad_(False) is m
@@ -232,6 +235,20 @@ def test_sequential_indexing_slicing_append() -> None:
     assert named.act is named[1]
     del s[0]
     assert len(s) == 3 and s[0] is b
+
+
+def test_sequential_delete_renumbers_so_append_keeps_every_module() -> None:
+    # Deleting used to leave keys "1", "2"; append then registered under str(len) == "2" and silently
+    # replaced the last module. PyTorch renumbers the rest "0", "1", ... after a delete.
+    a, b, c, d = nn.ReLU(), nn.Tanh(), nn.Sigmoid(), nn.Identity()
+    s = nn.Sequential(a, b, c)
+    del s[0]
+    assert [n for n, _ in s.named_children()] == ["0", "1"]
+    s.append(d)
+    assert list(s) == [b, c, d]
+    named = nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 1, 1)), ("act", nn.ReLU()), ("out", nn.Tanh())]))
+    del named[1:]
+    assert [n for n, _ in named.named_children()] == ["0"]
 
 
 def test_module_list_and_dict() -> None:

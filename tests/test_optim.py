@@ -217,6 +217,18 @@ def test_param_list_errors() -> None:
         optim.SGD([P0], lr=0.1)
 
 
+def test_a_set_of_parameters_is_refused() -> None:
+    # State dicts number parameters by position; a set's order follows id hashes, so it changes
+    # between runs and a resumed run would load one parameter's momentum into another (as PyTorch, refuse).
+    p, q = (mr.tensor(P0.copy(), requires_grad=True) for _ in range(2))
+    with pytest.raises(TypeError, match="SGD: .*ordered collection.*not a set"):
+        optim.SGD({p, q}, lr=0.1)
+    opt = optim.Adam([p])
+    with pytest.raises(TypeError, match="Adam: .*not a set"):
+        opt.add_param_group({"params": {q}})
+    assert len(opt.param_groups) == 1
+
+
 @pytest.mark.parametrize(("make", "match"), [
     (lambda ps: optim.SGD(ps, lr=-0.1), r"SGD: invalid learning rate lr=-0.1"),
     (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), r"SGD: invalid momentum=-0.5"),

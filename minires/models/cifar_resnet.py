@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import minires.nn as nn
 from minires.models.blocks import BasicBlock, OptionAShortcut, PreActBasicBlock
-from minires.models.resnet import check_image_input, init_resnet_weights
+from minires.models.resnet import ResNetBase, check_image_input, init_resnet_weights
 from minires.tensor import Tensor
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ResNetBase):
     """He et al.'s CIFAR ResNet of ``depth = 6n + 2`` layers: ``(N, 3, H, W) -> (N, num_classes)``.
 
     Attribute names mirror torchvision's where they can (``conv1``, ``bn1``, ``relu``, ``layer1``..``layer3``,
@@ -82,11 +82,6 @@ class CifarResNet(nn.Module):
         if self.preact:
             x = self.relu(self.final_bn(x))
         return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
-        x = self.avgpool(x).flatten(1)
-        return self.fc(x)
 
 
 def resnet20(

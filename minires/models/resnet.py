@@ -75,7 +75,26 @@ def init_resnet_weights(model: nn.Module, zero_init_residual: bool) -> None:
                 m.zero_init_last()
 
 
-class ResNet(nn.Module):
+class ResNetBase(nn.Module):
+    """What both ResNet families share: ``forward = fc(flatten(avgpool(forward_features(x))))``.
+
+    Subclasses build the stem, the stages, ``avgpool`` and ``fc``, and define ``forward_features``
+    (image -> last feature map), which probes and feature extractors can call on their own.
+    """
+
+    avgpool: nn.AdaptiveAvgPool2d
+    fc: nn.Linear
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_features(x)
+        x = self.avgpool(x).flatten(1)
+        return self.fc(x)
+
+
+class ResNet(ResNetBase):
     """A torchvision-layout ResNet: stem, four stages of residual blocks, global average pool, ``fc``.
 
     ``block`` is :class:`BasicBlock` or :class:`Bottleneck` (or their pre-activation versions) and
@@ -175,11 +194,6 @@ class ResNet(nn.Module):
             x = self.relu(self.final_bn(x))
         return x
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
-        x = self.avgpool(x).flatten(1)
-        return self.fc(x)
-
 
 def _resnet(
     layers: Sequence[int],
@@ -258,4 +272,7 @@ def resnet152(
     return _resnet([3, 8, 36, 3], True, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
 
 
-__all__ = ["ResNet", "check_image_input", "init_resnet_weights", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = [
+    "ResNet", "ResNetBase", "check_image_input", "init_resnet_weights",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+]

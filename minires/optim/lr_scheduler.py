@@ -129,11 +129,11 @@ def _copy(value: Any) -> Any:
 
 
 def _per_group(name: str, optimizer: Optimizer, value: float | Sequence[float]) -> list[float]:
-    """One value per param group: a scalar repeated, or a list whose length must match."""
+    """OneCycleLR's ``name`` with one value per param group: a scalar repeated, or a list whose length must match."""
     n = len(optimizer.param_groups)
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise ValueError(f"expected {n} values for {name} (one per param group), got {len(value)}")
+            raise ValueError(f"OneCycleLR: expected {n} values for {name} (one per param group), got {len(value)}")
         return list(value)
     return [value] * n
 

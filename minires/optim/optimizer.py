@@ -126,6 +126,7 @@ class Optimizer:
             raise TypeError(
                 f"{self._name}: params should be an iterable of Tensors or dicts, but got a Tensor"
             )
+        self._check_ordered(params)
         groups = list(params)
         if not groups:
             raise ValueError(f"{self._name}: got an empty parameter list")
@@ -147,6 +148,14 @@ class Optimizer:
         return "\n".join(lines)
 
     # ----- groups -----------------------------------------------------------------------------
+    def _check_ordered(self, params: Any) -> None:
+        """Refuse a set: its order changes between runs, and state dicts map state to parameters by position."""
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                f"{self._name}: parameters must be given in an ordered collection (a list), not a set: a set's "
+                "order changes between runs, so a saved optimizer state would be loaded into the wrong parameters"
+            )
+
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise ValueError naming the optimizer and the value when a hyperparameter is invalid."""
         lr = group.get("lr")
@@ -164,6 +173,7 @@ class Optimizer:
         params = group.get("params")
         if params is None:
             raise ValueError(f"{self._name}: a param group needs a 'params' entry")
+        self._check_ordered(params)
         params = [params] if isinstance(params, Tensor) else list(params)
         for p in params:
             if not isinstance(p, Tensor):

@@ -21,6 +21,13 @@ def _index(name: str, idx: Any, length: int) -> int:
     return i % length
 
 
+def _renumber(container: Module, modules: list[Module | None]) -> None:
+    """Re-register ``modules`` as children "0", "1", ... in order (after a delete or an insert)."""
+    container._modules.clear()
+    for i, module in enumerate(modules):
+        container.add_module(str(i), module)
+
+
 class Sequential(Module):
     """Modules called one after another: ``Sequential(a, b, c)(x) == c(b(a(x)))``.
 
@@ -48,9 +55,10 @@ class Sequential(Module):
         self.add_module(key, module)
 
     def __delitem__(self, idx: int | slice) -> None:
-        keys = list(self._modules)
-        for key in keys[idx] if isinstance(idx, slice) else [keys[_index("Sequential", idx, len(keys))]]:
-            del self._modules[key]
+        """Remove children; the rest are renumbered "0", "1", ... (as PyTorch), so ``append`` cannot clash."""
+        mods = list(self._modules.values())
+        del mods[idx if isinstance(idx, slice) else _index("Sequential", idx, len(mods))]
+        _renumber(self, mods)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -76,9 +84,7 @@ class Sequential(Module):
         if not 0 <= pos <= n:
             raise IndexError(f"Sequential.insert: index {index} is out of range for {n} modules")
         mods.insert(pos, module)
-        self._modules.clear()
-        for i, m in enumerate(mods):
-            self.add_module(str(i), m)
+        _renumber(self, mods)
         return self
 
     def forward(self, input: Any) -> Any:  # noqa: A002 - PyTorch's argument name
@@ -108,9 +114,7 @@ class ModuleList(Module):
     def __delitem__(self, idx: int | slice) -> None:
         mods = list(self._modules.values())
         del mods[idx if isinstance(idx, slice) else _index("ModuleList", idx, len(mods))]
-        self._modules.clear()
-        for i, m in enumerate(mods):
-            self.add_module(str(i), m)
+        _renumber(self, mods)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -133,9 +137,7 @@ class ModuleList(Module):
     def insert(self, index: int, module: Module) -> None:
         mods = list(self._modules.values())
         mods.insert(index, module)
-        self._modules.clear()
-        for i, m in enumerate(mods):
-            self.add_module(str(i), m)
+        _renumber(self, mods)
 
 
 class ModuleDict(Module):

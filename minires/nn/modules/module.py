@@ -279,14 +279,14 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear every parameter's ``.grad``: drop it (default) or fill it with zeros."""
+        """Clear every parameter's ``.grad``: drop it (default) or zero it in place (same Tensor, as PyTorch)."""
         for param in self.parameters():
             if param.grad is None:
                 continue
             if set_to_none:
                 param.grad = None
             else:
-                param.grad = Tensor._from_array(backend.xp_of(param.grad.data).zeros_like(param.grad.data))
+                param.grad.data[...] = 0
 
     def apply(self: T, fn: Callable[[Module], Any]) -> T:
         """Call ``fn`` on every submodule (children first), then on this module; for custom init."""
