@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -144,6 +145,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(second.model, "forward", lambda x: forward(x) * float("nan"))
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         second.fit(resume=os.path.join(out, "checkpoint.npz"))
+    # the epoch's prefetch thread was stopped, although the exception (and its frames) is still alive
+    assert not [t for t in threading.enumerate() if t.name == "minires-DataLoader-prefetch" and t.is_alive()]
     after = load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert after["epoch"] == 1
     for key in before["model"]:
@@ -201,3 +204,109 @@ def test_cuda_without_cupy_is_a_clear_error(tmp_path, capsys):
     assert main(["--device", "cuda", "--out", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--device cuda" in err and "pip install" in err
+
+
+# ----- resuming from the command line, --out folders, Ctrl-C during evaluation ------------------------------
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One epoch of a plain ResNet-20 on 64 digits in batches of 32, trained through the command line."""
+    out = tmp_path_factory.mktemp("small") / "run"
+    args = ["--plain", "--train-subset", "64", "--batch-size", "32", "--epochs", "1", "--lr", "0.05", "--seed", "4",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    return out
+
+
+def _copy_run(run, dest):
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest / "checkpoint.npz"
+
+
+def test_cli_resume_keeps_the_checkpoint_settings(small_run, tmp_path):
+    ckpt = _copy_run(small_run, tmp_path / "run")
+    # README's form: only --resume and --epochs. The run continues as it was configured, not with the defaults.
+    assert main(["--resume", str(ckpt), "--epochs", "2", "--no-progress"]) == 0
+    config = load_checkpoint(ckpt)["config"]
+    assert (config["plain"], config["train_subset"], config["batch_size"], config["lr"], config["seed"]) == (True, 64, 32, 0.05, 4)
+    assert load_checkpoint(ckpt)["epoch"] == 2
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_resume_with_a_conflicting_setting_is_a_clear_error(small_run, tmp_path, capsys):
+    ckpt = _copy_run(small_run, tmp_path / "run")
+    assert main(["--resume", str(ckpt), "--epochs", "2", "--batch-size", "16", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and "batch_size=32" in err and "batch_size=16" in err and str(ckpt) in err
+    # the same check guards Trainer.fit(resume=...) (here: a residual net from a plain run's weights)
+    trainer = Trainer(_config(str(tmp_path / "run"), train_subset=64, batch_size=32, lr=0.05, seed=4, warmup_epochs=None))
+    with pytest.raises(ValueError, match="--plain"):
+        trainer.fit(resume=str(ckpt))
+    assert load_checkpoint(ckpt)["epoch"] == 1  # nothing was trained or written
+
+
+def test_resume_into_another_out_carries_the_metrics_over(small_run, tmp_path):
+    ckpt = _copy_run(small_run, tmp_path / "first")
+    other = tmp_path / "second"
+    assert main(["--resume", str(ckpt), "--epochs", "2", "--out", str(other), "--no-progress"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (other / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+    assert load_checkpoint(other / "checkpoint.npz")["epoch"] == 2
+    assert load_checkpoint(ckpt)["epoch"] == 1  # the first folder is left as it was
+
+
+def test_new_run_refuses_an_out_folder_holding_a_run(small_run, tmp_path, capsys):
+    ckpt = _copy_run(small_run, tmp_path / "run")
+    before = ckpt.read_bytes()
+    assert main(["--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--resume" in err
+    assert ckpt.read_bytes() == before
+
+
+def test_default_out_folders_never_collide(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20250101-000000")
+    (tmp_path / "runs" / "20250101-000000").mkdir(parents=True)
+    (tmp_path / "runs" / "20250101-000000-2").mkdir()
+    assert TrainConfig().resolved().out == os.path.join("runs", "20250101-000000-3")
+
+
+def test_ctrl_c_during_evaluation_saves_the_finished_epoch(tmp_path, monkeypatch):
+    import signal
+
+    import minires.training.trainer as trainer_module
+
+    original = trainer_module.evaluate
+
+    def evaluate_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate_with_ctrl_c)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(str(out), train_subset=64)).fit()
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    assert ckpt["epoch"] == 1 and not ckpt["partial"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_eval_does_not_load_the_training_split(small_run, monkeypatch, capsys):
+    import minires.training.trainer as trainer_module
+
+    loaded = []
+    original = trainer_module.get_dataset
+
+    def recording_get_dataset(name, data_dir=None, train=True):
+        loaded.append(train)
+        return original(name, data_dir, train)
+
+    monkeypatch.setattr(trainer_module, "get_dataset", recording_get_dataset)
+    assert eval_main(["--checkpoint", str(small_run / "checkpoint.npz")]) == 0
+    assert loaded == [False]
+    assert "after epoch 1" in capsys.readouterr().out

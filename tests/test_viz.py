@@ -12,7 +12,15 @@ import minires as mr
 import minires.nn as nn
 import minires.nn.functional as F
 from minires.models import BasicBlock, CifarResNet, PreActBasicBlock
-from minires.viz import GradientFlowRecorder, GraphvizNotFoundWarning, SkipProbe, plot_gradient_flow, render, to_dot
+from minires.viz import (
+    GradientFlowRecorder,
+    GraphvizNotFoundWarning,
+    SkipProbe,
+    format_skip_table,
+    plot_gradient_flow,
+    render,
+    to_dot,
+)
 from minires.viz import graph as graph_module
 
 
@@ -229,3 +237,16 @@ def test_skip_probe_projection_shortcut_block() -> None:
     (r,) = probe.records()
     assert r.shortcut == "projection" and r.split_at == "x"
     np.testing.assert_allclose(r.identity_grad + r.branch_grad, x.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_skip_table_footnote_names_the_shortcut_that_reads_the_preactivation() -> None:
+    rows = [
+        {"block": "layer1.0", "shortcut": "identity", "split_at": "x", "out_norm": 1.0, "identity_norm": 1.0,
+         "branch_norm": 0.5, "total_norm": 1.2, "ratio": 0.5, "cosine": 0.1},
+        {"block": "layer2.0", "shortcut": "option A", "split_at": "relu(bn1(x))", "out_norm": 1.0, "identity_norm": 1.0,
+         "branch_norm": 0.5, "total_norm": 1.2, "ratio": 0.5, "cosine": 0.1},
+    ]
+    text = format_skip_table(rows)
+    assert "layer2.0*" in text and "layer1.0*" not in text
+    footnote = text.splitlines()[-1]
+    assert footnote.startswith("*") and "option A" in footnote and "projection" not in footnote

@@ -44,10 +44,16 @@ class Dataset:
 
     def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gather samples ``indices`` (B,) -> (images (B, C, H, W), labels (B,) int64), on the host."""
-        items = [self[int(i)] for i in indices]
-        images = np.stack([np.asarray(img) for img, _ in items])
-        labels = np.asarray([int(lab) for _, lab in items], dtype=np.int64)
-        return images, labels
+        return stack_samples(self, indices)
+
+
+def stack_samples(dataset: Any, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Any map-style dataset (``dataset[i] -> (image, label)``), one item at a time:
+    ``indices`` (B,) -> (images (B, C, H, W), labels (B,) int64), on the host."""
+    items = [dataset[int(i)] for i in indices]
+    images = np.stack([np.asarray(img) for img, _ in items])
+    labels = np.asarray([int(lab) for _, lab in items], dtype=np.int64)
+    return images, labels
 
 
 class ArrayDataset(Dataset):

@@ -22,7 +22,7 @@ import numpy as np
 
 from minires import backend
 from minires import random as mr_random
-from minires.data.dataset import images_to_float
+from minires.data.dataset import images_to_float, stack_samples
 from minires.data.transforms import call_transform
 from minires.tensor import Tensor
 
@@ -141,12 +141,7 @@ class DataLoader:
 
     def _load(self, indices: np.ndarray, augment_rng: np.random.Generator) -> tuple[Tensor, Tensor]:
         get_batch = getattr(self.dataset, "get_batch", None)
-        if get_batch is not None:
-            images, labels = get_batch(indices)
-        else:
-            items = [self.dataset[int(i)] for i in indices]
-            images = np.stack([np.asarray(img) for img, _ in items])
-            labels = np.asarray([int(lab) for _, lab in items], dtype=np.int64)
+        images, labels = get_batch(indices) if get_batch is not None else stack_samples(self.dataset, indices)
         images = images_to_float(backend.to_device(np.ascontiguousarray(images), self.device))
         labels = backend.to_device(np.asarray(labels, dtype=np.int64), self.device)
         if self.transform is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -91,3 +92,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name, node in tree.items():
         result[name] = _unpack(node, flat)
     return result
+
+
+def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config`` section of a ``minires-train`` checkpoint, read from its index alone (no weights)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path!r}")
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+                raise ValueError("it does not start like a zip archive")
+        with np.load(path, allow_pickle=False) as data:
+            index = str(data[TREE_KEY]) if TREE_KEY in data.files else None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"--resume: {path!r} is not a readable .npz checkpoint ({type(exc).__name__}: {exc})") from None
+    if index is None:
+        raise ValueError(f"--resume: {path!r} is not a minires training checkpoint (no {TREE_KEY!r} entry)")
+    try:
+        config = json.loads(index).get("config")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--resume: {path!r} has a corrupt index: {exc}") from None
+    if config is None:
+        raise ValueError(f"--resume: {path!r} has no 'config' section: not written by minires-train")
+    return _unpack(config, {})

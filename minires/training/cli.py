@@ -9,10 +9,14 @@ import sys
 from typing import Sequence
 
 from minires.data import DATASETS
-from minires.training.checkpoint import load_checkpoint
+from minires.training.checkpoint import load_checkpoint, read_checkpoint_config
 from minires.training.evaluate import evaluate
 from minires.training.recipes import MODEL_NAMES, RECIPES
-from minires.training.trainer import CHECKPOINT, NonFiniteLossError, TrainConfig, Trainer
+from minires.training.trainer import CHECKPOINT, NonFiniteLossError, TrainConfig, Trainer, build_evaluation
+
+# Settings a resumed run takes from its own command line, not from the checkpoint (--out defaults to the
+# checkpoint's folder).
+_RUN_LOCAL = ("out", "prefetch", "progress")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,10 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return eval_main(["--checkpoint", args.resume] + (["--data-dir", args.data_dir] if args.data_dir else [])
                          + ["--device", args.device])
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    if args.resume and args.out is None:
-        config.out = os.path.dirname(os.path.abspath(args.resume))
+    settings = {k: v for k, v in vars(args).items() if k in fields}
     try:
+        if args.resume:
+            # The checkpoint's settings, with the flags given on this command line on top (Trainer.restore
+            # refuses those that cannot change), so `--resume CKPT --epochs 30` continues the same run.
+            unset = object()  # argparse fills in defaults only for names the namespace lacks
+            parsed = _parser().parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in vars(args)}))
+            given = {k: v for k, v in vars(parsed).items() if k in fields and v is not unset}
+            saved = read_checkpoint_config(args.resume)
+            settings = {**{k: v for k, v in saved.items() if k in fields and k not in _RUN_LOCAL}, **given}
+            settings.update(progress=args.progress, out=args.out or os.path.dirname(os.path.abspath(args.resume)))
+        elif args.out is not None and os.path.exists(os.path.join(args.out, CHECKPOINT)):
+            raise ValueError(f"--out {args.out} already holds a run ({CHECKPOINT}); continue it with --resume "
+                             f"{os.path.join(args.out, CHECKPOINT)}, or choose another --out (or delete that folder)")
+        config = TrainConfig(**settings)
         trainer = Trainer(config)
         records = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
@@ -95,14 +110,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
         if args.data_dir:
             saved["data_dir"] = args.data_dir
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        trainer = Trainer(TrainConfig(**{k: v for k, v in saved.items() if k in fields}))
-        trainer.model.load_state_dict(ckpt["model"])
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in fields})
+        model, test_set, test_loader = build_evaluation(config)
+        model.load_state_dict(ckpt["model"])
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"minires-eval: {exc}", file=sys.stderr)
         return 2
-    result = evaluate(trainer.model, trainer.test_loader, trainer.num_classes)
-    print(f"{trainer.config.model} on {trainer.config.dataset}, checkpoint after epoch {ckpt.get('epoch')}")
-    print(result.report(list(trainer.test_set.classes) if trainer.test_set.classes else None))
+    result = evaluate(model, test_loader, test_set.num_classes)
+    batches = (ckpt.get("partial") or {}).get("batches")
+    when = f"after epoch {ckpt.get('epoch')}" + (f" and {batches} batches of the next (interrupted)" if batches else "")
+    print(f"{config.model} on {config.dataset}, checkpoint {when}")
+    print(result.report(list(test_set.classes) if test_set.classes else None))
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -44,6 +45,20 @@ CURVES = "curves.png"
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+
+# Settings a resumed run must share with its checkpoint: they decide the model, the data and its order,
+# and the optimizer/schedule state the checkpoint holds (--epochs may change: the schedule is re-planned;
+# --device, --data-dir, --out, --label-smoothing, --clip-grad-norm and the progress bars may change too).
+RESUME_FIXED = (
+    "dataset", "model", "plain", "preact", "batch_size", "lr", "optimizer", "momentum", "schedule", "warmup_epochs",
+    "weight_decay", "augment", "train_subset", "seed",
+)  # fmt: skip
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag that sets a TrainConfig field (``batch_size`` -> ``--batch-size``)."""
+    return "--no-augment" if field == "augment" else "--" + field.replace("_", "-")
 
 
 @dataclass
@@ -83,7 +98,10 @@ class TrainConfig:
             if filled[name] is None:
                 filled[name] = getattr(recipe, name)
         if filled["out"] is None:
-            filled["out"] = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+            stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+            filled["out"], n = stamp, 2
+            while os.path.exists(filled["out"]):  # two runs started in the same second get their own folders
+                filled["out"], n = f"{stamp}-{n}", n + 1
         return TrainConfig(**filled)
 
 
@@ -136,8 +154,8 @@ def make_schedule(config: TrainConfig, optimizer: optim.Optimizer, steps_per_epo
 
 
 class _StopOnInterrupt:
-    """The first Ctrl-C asks the loop to stop after the batch in hand (so the checkpoint is consistent);
-    a second one interrupts at once."""
+    """The first Ctrl-C asks the loop to stop after the batch in hand (or, during the evaluation that ends
+    an epoch, after that epoch's checkpoint), so the checkpoint is consistent; a second one interrupts at once."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -146,7 +164,8 @@ class _StopOnInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort now)", file=sys.stderr)
+        print("\nCtrl-C: stopping after this batch (or this epoch's evaluation) and saving a checkpoint "
+              "(Ctrl-C again to abort now)", file=sys.stderr)
 
     def __enter__(self) -> _StopOnInterrupt:
         self._previous = None
@@ -159,15 +178,37 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def check_device(device: str) -> None:
+    """Fail early, with the install hint, when ``--device cuda`` has no CuPy or no GPU."""
+    try:
+        get_xp(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device}: {exc}") from None
+
+
+def make_test_loader(config: TrainConfig, test_set: Any) -> DataLoader:
+    """Batches of 500 test images, normalised with the statistics the data set carries (the training split's)."""
+    size = test_set.image_shape[1]
+    transform = _transforms(config, test_set.mean, test_set.std, size, train=False)
+    return DataLoader(test_set, 500, device=config.device, transform=transform, prefetch=config.prefetch)
+
+
+def build_evaluation(config: TrainConfig) -> tuple[Module, Any, DataLoader]:
+    """(model, test set, test loader) for evaluating a checkpoint: the training split is never loaded."""
+    config = config.resolved()
+    check_device(config.device)
+    test_set = get_dataset(config.dataset, config.data_dir, train=False)
+    channels, size, _ = test_set.image_shape
+    model = build_model(config.model, test_set.num_classes, channels, size, config.plain, config.preact).to(config.device)
+    return model, test_set, make_test_loader(config, test_set)
+
+
 class Trainer:
     """One training run; :meth:`fit` trains up to ``config.epochs``, resuming when asked."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config = config.resolved()
-        try:
-            get_xp(config.device)  # fails early, with the install hint, when CuPy or a GPU is missing
-        except RuntimeError as exc:
-            raise ValueError(f"--device {config.device}: {exc}") from None
+        check_device(config.device)
         mr_random.manual_seed(config.seed)
         self.train_set = get_dataset(config.dataset, config.data_dir, train=True)
         self.test_set = get_dataset(config.dataset, config.data_dir, train=False)
@@ -185,10 +226,7 @@ class Trainer:
             self.train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed, device=config.device,
             transform=_transforms(config, mean, std, size, train=True), prefetch=config.prefetch,
         )
-        self.test_loader = DataLoader(
-            self.test_set, 500, device=config.device, transform=_transforms(config, mean, std, size, train=False),
-            prefetch=config.prefetch,
-        )
+        self.test_loader = make_test_loader(config, self.test_set)
         self.num_classes = self.train_set.num_classes
         self.model = build_model(config.model, self.num_classes, channels, size, config.plain, config.preact).to(config.device)
         self.optimizer = make_optimizer(config, self.model)
@@ -218,6 +256,15 @@ class Trainer:
         for key in ("optimizer", "scheduler", "epoch", "rng", "loader"):
             if key not in ckpt:
                 raise ValueError(f"--resume: {path!r} lacks the {key!r} section of a minires-train checkpoint")
+        saved = ckpt.get("config") or {}
+        for name in RESUME_FIXED:
+            if name in saved and saved[name] != getattr(self.config, name):
+                raise ValueError(
+                    f"--resume: {flag_name(name)} conflicts with the checkpoint {path!r}: it was trained with "
+                    f"{name}={saved[name]!r}, this run asks for {name}={getattr(self.config, name)!r}. A resumed run keeps "
+                    f"the checkpoint's {', '.join(map(flag_name, RESUME_FIXED))}; only --epochs, --device, --data-dir, "
+                    "--out, --label-smoothing and --clip-grad-norm may change"
+                )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -249,6 +296,12 @@ class Trainer:
         metrics_path = os.path.join(config.out, METRICS)
         if resume:
             self.restore(resume)
+            previous = os.path.join(os.path.dirname(os.path.abspath(resume)), METRICS)
+            if os.path.abspath(metrics_path) != previous:  # resuming into another --out: carry the history over
+                if os.path.exists(previous):
+                    shutil.copyfile(previous, metrics_path)
+                elif os.path.exists(metrics_path):
+                    os.unlink(metrics_path)
             truncate_metrics(metrics_path, self.epoch)
             print(f"resumed from {resume} after epoch {self.epoch}" + (
                 f" (+{self.partial['batches']} batches)" if self.partial else ""))
@@ -258,19 +311,25 @@ class Trainer:
         print(f"minires-train: {config.model}{' (plain)' if config.plain else ''} on {config.dataset} "
               f"({len(self.train_set)} train / {len(self.test_set)} test images, {self.num_classes} classes), "
               f"{sum(p.numel() for p in self.model.parameters()):,} parameters, device {config.device}, out {config.out}")
-        while self.epoch < config.epochs:
-            record = self._run_epoch()
-            append_metrics(metrics_path, record)
-            self.save()
-            print(f"epoch {record['epoch']:3d}/{config.epochs}  lr {record['lr']:.4f}  train loss {record['train_loss']:.4f} "
-                  f"acc {100 * record['train_acc']:.2f}%  test loss {record['test_loss']:.4f} acc {100 * record['test_acc']:.2f}%  "
-                  f"{record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s", flush=True)
+        with _StopOnInterrupt() as interrupt:
+            while self.epoch < config.epochs:
+                record = self._run_epoch(interrupt)
+                append_metrics(metrics_path, record)
+                self.save()
+                print(f"epoch {record['epoch']:3d}/{config.epochs}  lr {record['lr']:.4f}  train loss {record['train_loss']:.4f} "
+                      f"acc {100 * record['train_acc']:.2f}%  test loss {record['test_loss']:.4f} "
+                      f"acc {100 * record['test_acc']:.2f}%  {record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s",
+                      flush=True)
+                if interrupt.requested:  # Ctrl-C came during the evaluation: the epoch is complete and saved
+                    print(f"\ninterrupted: saved {self.checkpoint_path()} (after epoch {self.epoch}); "
+                          f"continue with --resume {self.checkpoint_path()}", file=sys.stderr)
+                    raise KeyboardInterrupt
         records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
         if records and plot_curves(records, os.path.join(config.out, CURVES), f"{config.model} on {config.dataset}"):
             print(f"curves: {os.path.join(config.out, CURVES)}")
         return records
 
-    def _run_epoch(self) -> dict[str, Any]:
+    def _run_epoch(self, interrupt: _StopOnInterrupt) -> dict[str, Any]:
         config = self.config
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
@@ -284,41 +343,40 @@ class Trainer:
         bar = tqdm(total=len(self.train_loader), initial=done, desc=f"epoch {self.epoch + 1}/{config.epochs}",
                    unit="batch", leave=False, disable=not config.progress, dynamic_ncols=True)
         start = time.perf_counter()
-        with _StopOnInterrupt() as interrupt:
-            for index, (images, labels) in enumerate(self.train_loader):
-                if index < done:
-                    continue  # replaying an interrupted epoch: these batches were trained on already
-                lr = self.optimizer.param_groups[0]["lr"]
-                logits = self.model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-                value = float(loss.item())
-                if not math.isfinite(value):
-                    bar.close()
-                    raise NonFiniteLossError(
-                        f"the training loss became {value} at epoch {self.epoch + 1}, batch {index + 1} (lr {lr:g}); "
-                        f"stopped. The last good checkpoint ({self.checkpoint_path()}, after epoch {self.epoch}) is kept. "
-                        "Try a lower --lr or --clip-grad-norm."
-                    )
-                self.optimizer.zero_grad()
-                loss.backward()
-                if config.clip_grad_norm:
-                    clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                n = labels.shape[0]
-                loss_sum += value * n
-                correct += int((to_numpy(logits.data.argmax(axis=1)) == to_numpy(labels.data)).sum())
-                seen += n
-                elapsed = seconds + time.perf_counter() - start
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", img_s=f"{seen / elapsed:.0f}")
-                if interrupt.requested:
-                    bar.close()
-                    self.save(partial={"batches": index + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
-                                       "seconds": seconds + time.perf_counter() - start})
-                    print(f"\ninterrupted: saved {self.checkpoint_path()} (epoch {self.epoch + 1}, {index + 1} batches done); "
-                          f"continue with --resume {self.checkpoint_path()}", file=sys.stderr)
-                    raise KeyboardInterrupt
+        for index, (images, labels) in enumerate(self.train_loader):
+            if index < done:
+                continue  # replaying an interrupted epoch: these batches were trained on already
+            lr = self.optimizer.param_groups[0]["lr"]
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            value = float(loss.item())
+            if not math.isfinite(value):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"the training loss became {value} at epoch {self.epoch + 1}, batch {index + 1} (lr {lr:g}); "
+                    f"stopped. The last good checkpoint ({self.checkpoint_path()}, after epoch {self.epoch}) is kept. "
+                    "Start a new run with a lower --lr, or resume with --clip-grad-norm."
+                )
+            self.optimizer.zero_grad()
+            loss.backward()
+            if config.clip_grad_norm:
+                clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            n = labels.shape[0]
+            loss_sum += value * n
+            correct += int((to_numpy(logits.data.argmax(axis=1)) == to_numpy(labels.data)).sum())
+            seen += n
+            elapsed = seconds + time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", img_s=f"{seen / elapsed:.0f}")
+            if interrupt.requested:
+                bar.close()
+                self.save(partial={"batches": index + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
+                                   "seconds": seconds + time.perf_counter() - start})
+                print(f"\ninterrupted: saved {self.checkpoint_path()} (epoch {self.epoch + 1}, {index + 1} batches done); "
+                      f"continue with --resume {self.checkpoint_path()}", file=sys.stderr)
+                raise KeyboardInterrupt
         bar.close()
         seconds += time.perf_counter() - start
         result = evaluate(self.model, self.test_loader, self.num_classes)

@@ -20,8 +20,9 @@ right where the path starts, and hooks the gradient leaving each tap:
 A tensor hook on the block input itself gives the engine's own sum, ``dL/dx``, and a hook on the add's
 output gives ``dL/dy``. The taps change no number: the engine adds the same two arrays either way.
 
-In a pre-activation block with a projection shortcut both paths start after ``relu(bn1(x))``; there
-the probe splits the gradient at that tensor (``split_at`` says so).
+In a pre-activation block whose shortcut changes shape (a projection, or option A in the CIFAR nets)
+both paths start after ``relu(bn1(x))``; there the probe splits the gradient at that tensor
+(``split_at`` says so).
 """
 
 from __future__ import annotations
@@ -121,9 +122,9 @@ class _BlockProbe:
         self.block = block
         self.shortcut = _shortcut_kind(block)
         self.preact = bool(getattr(block, "preact", False))
-        projection_after_preact = self.preact and block.downsample is not None
-        self.split_at = "relu(bn1(x))" if projection_after_preact else "x"
-        self.branch_entry: nn.Module = block.bn1 if (self.preact and not projection_after_preact) else block.conv1
+        shortcut_after_preact = self.preact and block.downsample is not None
+        self.split_at = "relu(bn1(x))" if shortcut_after_preact else "x"
+        self.branch_entry: nn.Module = block.bn1 if (self.preact and not shortcut_after_preact) else block.conv1
         self.handles: list[Any] = []
         self.reset()
 
@@ -257,6 +258,8 @@ def format_skip_table(rows: list[dict[str, Any]]) -> str:
             f"{name:<14} {r['shortcut']:<10} {r['out_norm']:>10.3e} {r['identity_norm']:>11.3e} {r['branch_norm']:>10.3e} "
             f"{r['total_norm']:>10.3e} {r['ratio']:>9.3f} {r['cosine']:>6.2f}"
         )
-    if any(r["split_at"] != "x" for r in rows):
-        lines.append("* paths split after relu(bn1(x)) (pre-activation block with a projection shortcut)")
+    kinds = sorted({r["shortcut"] for r in rows if r["split_at"] != "x"})
+    if kinds:
+        lines.append(f"* paths split after relu(bn1(x)): a pre-activation block whose {' or '.join(kinds)} shortcut "
+                     "reads the pre-activated input")
     return "\n".join(lines)
