@@ -285,14 +285,13 @@ def test_exact_resume_through_save_and_load(case: str, tmp_path, device: str) ->
     a2, b2 = _two_group_params(device=device)
     first = make(groups(a2, b2))
     _steps(first, [a2, b2], 0, 2, device)
-    mr.save({"params": {"a": a2.data, "b": b2.data},
-             "optimizer": optim.flatten_state_dict(first.state_dict())}, tmp_path / "ckpt.npz")
+    mr.save_tree({"params": {"a": a2.data, "b": b2.data}, "optimizer": first.state_dict()}, tmp_path / "ckpt.npz")
 
-    flat = mr.load(tmp_path / "ckpt.npz")
-    a3 = mr.tensor(flat["params.a"], device=device, requires_grad=True)
-    b3 = mr.tensor(flat["params.b"], device=device, requires_grad=True)
+    saved = mr.load_tree(tmp_path / "ckpt.npz")
+    a3 = mr.tensor(saved["params"]["a"], device=device, requires_grad=True)
+    b3 = mr.tensor(saved["params"]["b"], device=device, requires_grad=True)
     resumed = make(groups(a3, b3))
-    resumed.load_state_dict(optim.unflatten_state_dict(flat, prefix="optimizer."))
+    resumed.load_state_dict(saved["optimizer"])
     _steps(resumed, [a3, b3], 2, 5, device)
 
     np.testing.assert_array_equal(to_numpy(a3.data), to_numpy(a.data))
@@ -317,13 +316,23 @@ def test_state_dict_format() -> None:
     np.testing.assert_array_equal(sd["state"][0]["exp_avg"], saved)
 
 
-def test_load_state_dict_restores_hyperparameters_as_plain_values() -> None:
+def test_load_state_dict_restores_hyperparameters_as_plain_values(tmp_path) -> None:
     a, b = _two_group_params()
     opt = optim.Adam([a, b], lr=0.1, betas=(0.8, 0.9))
     _steps(opt, [a, b], 0, 1)
-    flat = optim.flatten_state_dict(opt.state_dict())
+    # a flat dotted-key file (mr.save) gives numbers back as 0-d arrays and lists as 0..n-1 dicts
+    mr.save({"state": {"0": opt.state_dict()["state"][0], "1": opt.state_dict()["state"][1]},
+             "param_groups": {"0": {k: v for k, v in opt.state_dict()["param_groups"][0].items()}}}, tmp_path / "f.npz")
+    flat = mr.load(tmp_path / "f.npz")
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        parts = [int(p) if p.isdigit() else p for p in key.split(".")]
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
     fresh = optim.Adam(list(_two_group_params()), lr=0.7)
-    fresh.load_state_dict(optim.unflatten_state_dict(flat))
+    fresh.load_state_dict(nested)
     group = fresh.param_groups[0]
     assert group["lr"] == 0.1 and type(group["lr"]) is float
     assert group["betas"] == (0.8, 0.9) and isinstance(group["betas"], tuple)
@@ -353,9 +362,18 @@ def test_load_state_dict_errors() -> None:
         opt.load_state_dict(bad)
 
 
-def test_flatten_refuses_non_array_values() -> None:
-    with pytest.raises(TypeError, match="'param_groups.0.foreach' holds a NoneType"):
-        optim.flatten_state_dict({"param_groups": [{"foreach": None, "params": [0]}]})
+def test_save_tree_roundtrips_state_dicts_exactly(tmp_path) -> None:
+    a, b = _two_group_params()
+    opt = optim.Adam([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1, amsgrad=True)
+    _steps(opt, [a, b], 0, 2)
+    sd = opt.state_dict()
+    mr.save_tree({"optimizer": sd}, tmp_path / "o.npz")
+    back = mr.load_tree(tmp_path / "o.npz")["optimizer"]
+    assert back["param_groups"] == sd["param_groups"]  # tuples, floats, bools and lists as they were
+    assert back["state"].keys() == sd["state"].keys()
+    for i, entry in sd["state"].items():
+        assert back["state"][i]["step"] == entry["step"] and type(back["state"][i]["step"]) is int
+        np.testing.assert_array_equal(back["state"][i]["exp_avg"], entry["exp_avg"])
 
 
 # ----- optional parity with torch.optim ---------------------------------------------------------

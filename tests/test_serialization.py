@@ -109,3 +109,49 @@ def test_keys_that_are_savez_parameter_names_are_refused_clearly(tmp_path, key):
     assert not path.exists()
     mr.save({"nested": {key: np.arange(2.0)}}, path)  # a dotted key is fine
     np.testing.assert_array_equal(mr.load(path)[f"nested.{key}"], [0.0, 1.0])
+
+
+def test_save_tree_roundtrips_every_plain_type_exactly(tmp_path):
+    rng_state = np.random.default_rng(7).bit_generator.state  # holds 128-bit integers
+    tree = {
+        "weights": {"conv.weight": np.arange(6.0).reshape(2, 3), "n": mr.tensor([1, 2])},
+        "state": {0: {"step": 3, "buf": np.ones(2, dtype=np.float32)}, 1: {}},
+        "groups": [{"lr": 0.1, "betas": (0.9, 0.999), "nesterov": True, "params": [0, 1], "name": "g", "x": None}],
+        "rng": rng_state,
+    }
+    mr.save_tree(tree, tmp_path / "t.npz")
+    back = mr.load_tree(tmp_path / "t.npz")
+    assert back["groups"] == tree["groups"] and isinstance(back["groups"][0]["betas"], tuple)
+    assert back["rng"] == rng_state
+    assert set(back["state"]) == {0, 1} and back["state"][0]["step"] == 3 and back["state"][1] == {}
+    assert back["state"][0]["buf"].dtype == np.float32
+    np.testing.assert_array_equal(back["weights"]["conv.weight"], tree["weights"]["conv.weight"])
+    np.testing.assert_array_equal(back["weights"]["n"], [1, 2])
+    # every array is also a plain .npz entry under its dotted path
+    flat = mr.load(tmp_path / "t.npz")
+    np.testing.assert_array_equal(flat["weights.conv.weight"], tree["weights"]["conv.weight"])
+
+
+def test_save_tree_keeps_arrays_whose_dotted_paths_collide(tmp_path):
+    tree = {"a": {"b": np.zeros(2)}, "a.b": np.ones(3)}
+    mr.save_tree(tree, tmp_path / "c.npz")
+    back = mr.load_tree(tmp_path / "c.npz")
+    np.testing.assert_array_equal(back["a"]["b"], np.zeros(2))
+    np.testing.assert_array_equal(back["a.b"], np.ones(3))
+
+
+def test_load_tree_reads_only_the_sections_asked_for(tmp_path):
+    mr.save_tree({"config": {"epochs": 3}, "model": {"w": np.zeros(4)}}, tmp_path / "s.npz")
+    assert mr.load_tree(tmp_path / "s.npz", sections=["config"]) == {"config": {"epochs": 3}}
+
+
+def test_load_tree_errors(tmp_path):
+    mr.save({"w": np.zeros(2)}, tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="not written by save_tree"):
+        mr.load_tree(tmp_path / "plain.npz")
+    with pytest.raises(FileNotFoundError, match="no file"):
+        mr.load_tree(tmp_path / "missing.npz")
+    with pytest.raises(TypeError, match="dict keys must be str or int"):
+        mr.save_tree({"k": {(1, 2): np.zeros(1)}}, tmp_path / "bad.npz")
+    with pytest.raises(TypeError, match="cannot store a object"):
+        mr.save_tree({"k": object()}, tmp_path / "bad.npz")

@@ -10,7 +10,7 @@ StepLR, MultiStepLR and LinearLR are *chainable* like PyTorch's: each step multi
 rate from their closed forms (``base_lrs`` and the step count), so they override other schedules.
 
 ``state_dict()`` holds plain numbers, strings and lists only (see
-:func:`minires.optim.flatten_state_dict` for saving with ``mr.save``). Restore the optimizer's
+:func:`minires.save_tree` for saving). Restore the optimizer's
 state dict too: ``initial_lr`` and the current rates live in its param groups.
 """
 

@@ -9,10 +9,10 @@ State dict format (PyTorch's)::
      "param_groups": [{"lr": float, ..., "params": [param_index, ...]}, ...]}
 
 ``param_index`` counts parameters in group order. Values are raw numpy/cupy arrays, Python numbers,
-bools, tuples and lists only, so :func:`flatten_state_dict` can turn any optimizer or scheduler
-state dict into a flat ``{"state.0.exp_avg": ndarray, ...}`` dict for :func:`minires.save`, and
-:func:`unflatten_state_dict` turns what :func:`minires.load` returns back into something
-``load_state_dict`` accepts. The round trip is exact: a resumed run takes bit-identical steps.
+bools, tuples and lists only, so :func:`minires.save_tree` writes any optimizer or scheduler state
+dict to ``.npz`` and :func:`minires.load_tree` gives it back exactly: a resumed run takes
+bit-identical steps. ``load_state_dict`` also accepts numbers as 0-d arrays and lists as dicts keyed
+0..n-1 (what a flat dotted-key file gives back).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def to_python(value: Any) -> Any:
 
 
 def as_index_list(value: Any, what: str) -> list[Any]:
-    """A list stored as a list, or as a dict with keys 0..n-1 (what :func:`unflatten_state_dict` gives)."""
+    """A list stored as a list, or as a dict with keys 0..n-1 (what a flat dotted-key file gives back)."""
     if isinstance(value, Mapping):
         keys = sorted(int(k) for k in value)
         if keys != list(range(len(keys))):
@@ -57,58 +57,6 @@ def as_index_list(value: Any, what: str) -> list[Any]:
     if isinstance(value, (list, tuple)):
         return list(value)
     raise TypeError(f"{what}: expected a list, got {type(value).__name__}")
-
-
-def flatten_state_dict(state_dict: Mapping[Any, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """A nested optimizer/scheduler state dict as a flat ``{"a.0.b": numpy array}`` dict for ``mr.save``.
-
-    Dict keys (ints included) and list positions become dotted path parts; lists of numbers become
-    1-d arrays; arrays move to the host. ``None`` and other objects are refused.
-    """
-    out: dict[str, np.ndarray] = {}
-
-    def visit(value: Any, name: str) -> None:
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                visit(item, f"{name}.{key}" if name else str(key))
-            return
-        if isinstance(value, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in value):
-            for i, item in enumerate(value):
-                visit(item, f"{name}.{i}")
-            return
-        if isinstance(value, Tensor):
-            value = value.data
-        try:
-            array = backend.to_numpy(value)
-        except TypeError:
-            array = np.asarray(value)
-        if array.dtype == object or value is None:
-            raise TypeError(f"flatten_state_dict: {name!r} holds a {type(value).__name__}, not an array or number")
-        out[name] = np.array(array, copy=True)
-
-    for key, item in state_dict.items():
-        visit(item, f"{prefix}{key}")
-    return out
-
-
-def unflatten_state_dict(flat: Mapping[str, Any], prefix: str = "") -> dict[Any, Any]:
-    """Undo :func:`flatten_state_dict`: keys under ``prefix`` back to nested dicts (digit keys -> ints).
-
-    Lists come back as dicts keyed 0..n-1 and numbers as 0-d arrays; ``load_state_dict`` of every
-    minires optimizer and scheduler accepts that form.
-    """
-    root: dict[Any, Any] = {}
-    for key, value in flat.items():
-        if not key.startswith(prefix):
-            continue
-        parts = [int(p) if p.isdigit() else p for p in key[len(prefix):].split(".")]
-        node = root
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"unflatten_state_dict: {key!r} nests under a key that holds a value")
-        node[parts[-1]] = value
-    return root
 
 
 class Optimizer:
