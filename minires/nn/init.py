@@ -138,7 +138,7 @@ def xavier_normal_(tensor: Tensor, gain: float = 1.0, generator: np.random.Gener
 
 def _kaiming_std(tensor: Tensor, a: float, mode: str, nonlinearity: str) -> float:
     fan = _calculate_correct_fan(tensor, mode)
-    return calculate_gain(nonlinearity, a) / math.sqrt(fan) if fan > 0 else 0.0
+    return calculate_gain(nonlinearity, a) / math.sqrt(fan)  # callers return early on empty tensors
 
 
 def kaiming_uniform_(
