@@ -75,9 +75,14 @@ def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[dict[str,
         raise FileNotFoundError(f"load_cifar_resnet_checkpoint: no file at {path!r}")
     if is_torch_file(path):
         return cifar_state_dict(load_torch(path)), {}, "split", repr(path)
-    with np.load(path, allow_pickle=False) as data:  # a minires .npz: a training checkpoint or an mr.save-d state dict
-        is_tree = TREE_KEY in data.files
-    tree = load_tree(path) if is_tree else {"model": load(path)}
+    try:  # a minires .npz: a training checkpoint (save_tree) or an mr.save-d state dict
+        tree = load_tree(path)
+    except ValueError as exc:
+        if TREE_KEY not in str(exc):
+            raise
+        tree = {"model": load(path)}
+    if "model" not in tree:
+        raise ValueError(f"load_cifar_resnet_checkpoint: {path!r} has no 'model' section: not a minires-train checkpoint")
     config = tree.get("config", {})
     settings = {k: config[k] for k in ("plain", "preact") if k in config}
     if "model" in config:
@@ -95,7 +100,8 @@ def load_cifar_resnet_checkpoint(
     ``arch`` ("resnet20" ... "resnet1202", or the depth) is checked against the file; by default it is read
     from the weights (blocks per stage), as are the classes and input channels. ``shortcut_padding``
     defaults to ``"split"`` for PyTorch checkpoints (that code's option A) and ``"end"`` for minires files.
-    The model is returned in training mode, like any new module: call ``.eval()`` to evaluate it.
+    The model is float64 when the weights are, float32 otherwise, and in training mode like any new
+    module: call ``.eval()`` to evaluate it.
     """
     state, settings, default_padding, where = _read(source)
     n = _blocks_per_stage(state, where)
@@ -112,6 +118,8 @@ def load_cifar_resnet_checkpoint(
         plain=bool(settings.get("plain", False)), preact=bool(settings.get("preact", "final_bn.weight" in state)),
         shortcut_padding=shortcut_padding or default_padding,
     )
+    if state["conv1.weight"].dtype == np.float64:  # keep float64 weights exact (the model is float32 otherwise)
+        model.double()
     model.load_state_dict(state)
     return model
 
