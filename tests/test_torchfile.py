@@ -159,12 +159,13 @@ def test_zip_without_byteorder_is_little_endian_and_any_folder_name(tmp_path: Pa
 def test_nested_containers_and_shared_objects(tmp_path: Path, fmt: str) -> None:
     s = storage("0", np.arange(4, dtype=np.float32), "FloatStorage")
     t = Tensor(s, 0, (4,), (1,))
-    obj = {"a": {"b": {"c": t}}, "list": [t, 1, "x", None, True], "tuple": (2.5, t),
-           "size": Call(Global("torch", "Size"), ((2, 3),)), "params": Call(Global("torch._utils", "_rebuild_parameter"), (t, True, {}))}
+    obj = {"a": {"b": {"c": t}}, "list": [t, 1, "x", None, True], "tuple": (2.5, t), "size": Call(Global("torch", "Size"), ((2, 3),)),
+           "params": Call(Global("torch._utils", "_rebuild_parameter"), (t, True, {})), "bytes": b"\x00\xff raw"}
     loaded = mr.load_torch(write(fmt, tmp_path / "nested.pt", obj, [s]))
     assert np.array_equal(loaded["a"]["b"]["c"], np.arange(4))
     assert loaded["list"][1:] == [1, "x", None, True] and loaded["tuple"][0] == 2.5
     assert loaded["size"] == (2, 3) and np.array_equal(loaded["params"], np.arange(4))
+    assert loaded["bytes"] == b"\x00\xff raw"
 
 
 class _System:
