@@ -379,3 +379,18 @@ def test_unwrap_state_dict() -> None:
     assert list(unwrap_state_dict({"model": {"module.a": w, "b": w}})) == ["module.a", "b"]  # only when all keys have it
     with pytest.raises(ValueError, match="not a state dict"):
         unwrap_state_dict({"epoch": 3, "w": w})
+
+
+def test_load_state_dict_hints_at_wrapped_checkpoints() -> None:
+    from minires.models import resnet20
+
+    model = resnet20()
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"under 'state_dict': pass mr.unwrap_state_dict"):
+        model.load_state_dict({"state_dict": state, "best_prec1": 91.0})
+    with pytest.raises(RuntimeError, match=r"starts with 'module.'"):
+        model.load_state_dict({"module." + k: v for k, v in state.items()})
+    with pytest.raises(RuntimeError) as info:
+        model.load_state_dict({**state, "extra": np.ones(1)})
+    assert "unwrap_state_dict" not in str(info.value)
+    model.load_state_dict(unwrap_state_dict({"state_dict": {"module." + k: v for k, v in state.items()}}))
