@@ -394,3 +394,27 @@ def test_load_state_dict_hints_at_wrapped_checkpoints() -> None:
         model.load_state_dict({**state, "extra": np.ones(1)})
     assert "unwrap_state_dict" not in str(info.value)
     model.load_state_dict(unwrap_state_dict({"state_dict": {"module." + k: v for k, v in state.items()}}))
+
+
+def test_legacy_storage_views(tmp_path: Path) -> None:
+    """Files from old PyTorch name slices of a storage: ('storage', ..., (view_key, offset, numel))."""
+    from torch_file_writer import PersistentId
+
+    base = np.arange(10, dtype=np.float32) * 2
+    s = storage("root", base, "FloatStorage")
+    view = PersistentId(("storage", Global("torch", "FloatStorage"), "root", "cpu", 10, ("view1", 4, 5)))
+    rebuild = Global("torch._utils", "_rebuild_tensor")
+    obj = {"v": Call(rebuild, (view, 1, (3,), (1,))), "whole": Call(rebuild, (s.pid(legacy=True), 0, (10,), (1,)))}
+    loaded = mr.load_torch(write_legacy(tmp_path / "old.pt", dumps(obj, legacy=True), [s]))
+    assert np.array_equal(loaded["v"], base[5:8]) and np.array_equal(loaded["whole"], base)
+    past = {"v": Call(rebuild, (view, 3, (3,), (1,)))}  # elements 3..5 of a 5-element view: past its end
+    with pytest.raises(TorchFileError, match="reaches element 5"):
+        mr.load_torch(write_legacy(tmp_path / "past.pt", dumps(past, legacy=True), [s]))
+
+
+def test_one_storage_named_with_two_sizes(tmp_path: Path) -> None:
+    s = storage("0", np.arange(4, dtype=np.float32), "FloatStorage")
+    other = Storage("0", "FloatStorage", 3, s.data)
+    obj = {"a": Tensor(s, 0, (4,), (1,)), "b": Tensor(other, 0, (3,), (1,))}
+    with pytest.raises(TorchFileError, match="named as 4 float32 values and as 3 float32"):
+        mr.load_torch(write_zip(tmp_path / "x.pt", dumps(obj), [s]))

@@ -165,8 +165,8 @@ class TorchUnpickler(pickle.Unpickler):
         ref = self.storages.get(key)
         if ref is None:
             ref = self.storages[key] = StorageRef(key, storage_type.dtype, numel)
-        elif ref.dtype != storage_type.dtype:
-            raise TorchFileError(f"storage {key!r} is named as {ref.dtype} and as {storage_type.dtype}")
+        elif (ref.dtype, ref.numel) != (storage_type.dtype, numel):
+            raise TorchFileError(f"storage {key!r} is named as {ref.numel} {ref.dtype} values and as {numel} {storage_type.dtype}")
         if view is None:
             return ref
         # Old files: ('storage', ..., (view_key, offset, size)) names a slice of the root storage.
