@@ -40,7 +40,7 @@ import minires as mr
 import minires.nn as nn
 import minires.nn.functional as F
 from minires.data import load_digits
-from minires.models import BasicBlock
+from minires.models import BasicBlock, CifarResNet
 from minires.viz import GradientFlowRecorder, plot_gradient_flow
 
 VARIANTS = (("plain", False, True), ("residual", True, True), ("plain, no BN", False, False), ("residual, no BN", True, False))
@@ -131,10 +131,9 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], depths: list[int], layer
     fig.savefig(path, dpi=90)
 
 
-def compare_weights(path: str, data_dir: str | None, batch: int, seed: int, out: str) -> dict[str, Any]:
-    """Per-layer gradient norms of the trained net in ``path`` and of its initialised twin, on one batch."""
-    trained, initialised = trained_and_initialised(path, seed)
-    images, labels = batch_for(trained, path, batch, data_dir)
+def compare_weights(path: str, trained: CifarResNet, initialised: CifarResNet, images: np.ndarray, labels: np.ndarray,
+                    out: str) -> dict[str, Any]:
+    """Per-layer gradient norms of the trained net from ``path`` and of its initialised twin, on one batch."""
     flows: dict[str, list[Any]] = {}
     for name, model in (("initialised", initialised), ("trained", trained)):
         recorder = GradientFlowRecorder(model.train())
@@ -166,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     depths = [int(d) for d in (args.depths or ("8,20" if args.quick else "8,20,56,110")).split(",")]
     batch = args.batch or (16 if args.quick else 64)
     layer_depth = 56 if 56 in depths else depths[-1]
+    if args.weights:  # read the file (and its images) first, so a bad --weights / --data-dir fails at once
+        trained, initialised = trained_and_initialised(args.weights, args.seed)
+        weight_batch = batch_for(trained, args.weights, batch, args.data_dir)
 
     data = load_digits(train=True)
     images, labels = data.get_batch(np.arange(batch))
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "results": {k: {str(d): v for d, v in r.items()} for k, r in results.items()}}
     if args.weights:
         print(f"\ngradient flow of {args.weights} and of an initialised twin, one batch, cross-entropy, training mode")
-        summary["weights"] = compare_weights(args.weights, args.data_dir, batch, args.seed, args.out)
+        summary["weights"] = compare_weights(args.weights, trained, initialised, *weight_batch, args.out)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     print(f"figures and results in {args.out}")

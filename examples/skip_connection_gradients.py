@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-dir", help="CIFAR python-version folder or .tar.gz, for --weights of a 3-channel net")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    batch = 16 if args.quick else 128
+    if args.weights:  # read the file (and its images) first, so a bad --weights / --data-dir fails at once
+        trained, initialised = trained_and_initialised(args.weights, args.seed)
+        images, labels = batch_for(trained, args.weights, batch, args.data_dir)
+        if args.depth and args.depth != trained.depth:
+            raise SystemExit(f"--depth {args.depth}: {args.weights} holds a ResNet-{trained.depth}")
     rng = np.random.default_rng(args.seed)
     mr.manual_seed(args.seed)
 
@@ -149,14 +155,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     block.zero_init_last()
     zeroed = probe_one_block(block, x0, readout)
 
-    batch = 16 if args.quick else 128
     results: dict[str, Any] = {"block": fresh, "zero_init_block": zeroed}
     if args.weights:
-        trained, initialised = trained_and_initialised(args.weights, args.seed)
         depth = trained.depth
-        if args.depth and args.depth != depth:
-            raise SystemExit(f"--depth {args.depth}: {args.weights} holds a ResNet-{depth}")
-        images, labels = batch_for(trained, args.weights, batch, args.data_dir)
         rows_trained = probe_network(trained, images, labels)
         print(f"\n== every block of the trained ResNet-{depth} in {args.weights} ({len(labels)} images, cross-entropy) ==")
         print(format_skip_table(rows_trained))
