@@ -24,12 +24,14 @@ A truncated or corrupt file raises :class:`TorchFileError` (a ``ValueError``) na
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
 
 from minires.torchfile.errors import TorchFileError, UnsafeTorchPickleError
-from minires.torchfile.legacy_format import read_legacy
+from minires.torchfile.legacy_format import MAGIC_NUMBER, read_legacy
 from minires.torchfile.zip_format import read_zip
 
 _TAR_MAGIC_OFFSET = 257  # "ustar" in a tar header: PyTorch < 0.4's tar-based format
@@ -73,10 +75,6 @@ def load_torch(path: str | os.PathLike[str]) -> Any:
 def is_torch_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` looks like a ``torch.save`` file (a zip with ``<archive>/data.pkl``, or the legacy
     stream's magic number) rather than, say, a minires ``.npz``. Reads only the file's directory or head."""
-    import zipfile
-
-    from minires.torchfile.legacy_format import MAGIC_NUMBER
-
     path = os.fspath(path)
     try:
         if zipfile.is_zipfile(path):
@@ -84,10 +82,8 @@ def is_torch_file(path: str | os.PathLike[str]) -> bool:
                 return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in archive.namelist())
         with open(path, "rb") as f:
             head = f.read(64)
-    except OSError:
+    except (OSError, zipfile.BadZipFile):
         return False
-    import pickle
-
     return head.startswith(b"\x80") and pickle.dumps(MAGIC_NUMBER, protocol=2)[2:-1] in head[:32]
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from minires.torchfile.errors import UnsafeTorchPickleError
+
 # torch dtype name -> NumPy type code of its elements on disk. "bfloat16" is read as its raw 16 bits.
 TORCH_DTYPES: dict[str, str] = {
     "float64": "f8", "float32": "f4", "float16": "f2", "bfloat16": "u2",
@@ -55,8 +57,6 @@ class _Placeholder:
     """Base of the objects the unpickler builds: a pickle may not set their state (BUILD opcode)."""
 
     def __setstate__(self, state: Any) -> None:
-        from minires.torchfile.errors import UnsafeTorchPickleError
-
         raise UnsafeTorchPickleError(f"the pickle tried to set the state of a {type(self).__name__}; weights files never do")
 
 
