@@ -46,6 +46,9 @@ def _depth_from_arch(arch: str | int) -> int:
 
 
 def _blocks_per_stage(state: Mapping[str, Any], where: str) -> int:
+    if any(k.startswith("layer4.") for k in state):
+        raise ValueError(f"load_cifar_resnet_checkpoint: {where} holds a torchvision-style ResNet (four stages, layer4.*), "
+                         "not a CIFAR ResNet; build it with minires.models.resnet18/34/50/... and use load_state_dict")
     counts = []
     for stage in (1, 2, 3):
         blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
