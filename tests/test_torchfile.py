@@ -418,3 +418,13 @@ def test_one_storage_named_with_two_sizes(tmp_path: Path) -> None:
     obj = {"a": Tensor(s, 0, (4,), (1,)), "b": Tensor(other, 0, (3,), (1,))}
     with pytest.raises(TorchFileError, match="named as 4 float32 values and as 3 float32"):
         mr.load_torch(write_zip(tmp_path / "x.pt", dumps(obj), [s]))
+
+
+def test_plain_builtins(tmp_path: Path) -> None:
+    b = Global("builtins", "bytearray")
+    obj = {"set": Call(Global("builtins", "set"), ([1, 2],)), "c": Call(Global("builtins", "complex"), (1.0, 2.0)),
+           "ba": Call(b, (b"\x01\x02",)), "ba_text": Call(b, ("hi", "latin1"))}
+    loaded = mr.load_torch(write_zip(tmp_path / "x.pt", dumps(obj), []))
+    assert loaded == {"set": {1, 2}, "c": 1 + 2j, "ba": bytearray(b"\x01\x02"), "ba_text": bytearray(b"hi")}
+    with pytest.raises(UnsafeTorchPickleError, match="bytearray"):
+        mr.load_torch(write_zip(tmp_path / "big.pt", dumps({"x": Call(b, (10**12,))}), []))

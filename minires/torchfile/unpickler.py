@@ -102,8 +102,17 @@ def codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     return text.encode(encoding)
 
 
+def bytes_array(data: Any = b"", *encoding: Any) -> bytearray:
+    """``bytearray`` from bytes or text only (``bytearray(n)`` would let a file ask for n zero bytes)."""
+    if isinstance(data, (bytes, bytearray)) and not encoding:
+        return bytearray(data)
+    if isinstance(data, str):
+        return bytearray(codecs_encode(data, *encoding[:1]))
+    raise UnsafeTorchPickleError(f"refused bytearray({type(data).__name__}): only bytes or text")
+
+
 def _safe_builtins() -> dict[str, Callable[..., Any]]:
-    return {"set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytearray}
+    return {"set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytes_array}
 
 
 _FUNCTIONS: dict[tuple[str, str], Any] = {
