@@ -14,27 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
-from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
+from conv_layers import median_ms  # noqa: E402 - benchmarks/conv_layers.py, beside this script
+
 import minires as mr  # noqa: E402
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
                 ours = mr.load_torch(path)["state_dict"]
                 theirs = torch.load(path, weights_only=weights_only)["state_dict"]
                 assert all(np.array_equal(ours[k], theirs[k].numpy()) for k in theirs), path
-                t_ours = median_seconds(lambda p=path: mr.load_torch(p), args.repeats)
-                t_torch = median_seconds(lambda p=path, w=weights_only: torch.load(p, weights_only=w), args.repeats)
+                t_ours = median_ms(lambda p=path: mr.load_torch(p), args.repeats)
+                t_torch = median_ms(lambda p=path, w=weights_only: torch.load(p, weights_only=w), args.repeats)
                 name = os.path.basename(path) + (" (legacy)" if path == legacy else " (zip)")
-                print(f"{name:<28} {os.path.getsize(path) / 1e6:>6.1f} {1e3 * t_ours:>16.1f} ms {1e3 * t_torch:>8.1f} ms "
+                print(f"{name:<28} {os.path.getsize(path) / 1e6:>6.1f} {t_ours:>16.1f} ms {t_torch:>8.1f} ms "
                       f"{t_torch / t_ours:>14.2f}")
 
 
