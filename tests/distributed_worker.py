@@ -100,6 +100,24 @@ def train(out: str, mode: str, global_batch: str = "16", epochs: str = "2") -> N
     save(out, losses=np.array(losses), **state)
 
 
+def evaluate_sharded(out: str) -> None:
+    """minires-train's evaluation: each rank a disjoint part of the digits test set, the counts summed."""
+    from types import SimpleNamespace
+
+    from minires.data import get_dataset
+    from minires.models import resnet20
+    from minires.training.distributed import TrainingWorld
+    from minires.training.trainer import TrainConfig, make_test_loader
+
+    world = TrainingWorld(SimpleNamespace(device="cpu", out="unused", progress=False))
+    test_set = get_dataset("digits", None, train=False)
+    mr.manual_seed(0)
+    model = resnet20(in_channels=1)
+    loader = make_test_loader(TrainConfig(prefetch=0), world.test_shard(test_set))
+    result = world.evaluate(model, loader, test_set.num_classes)
+    save(out, confusion=result.confusion, loss=np.array(result.loss), shard=np.array(len(loader.dataset)))
+
+
 def forgotten_sync(out: str) -> None:
     """Backward, step, then forward again without sync_gradients(): must raise (and so abort all ranks)."""
     dist.init()
@@ -122,4 +140,4 @@ def fail(out: str) -> None:
 if __name__ == "__main__":
     scenario, out_dir, *rest = sys.argv[1:]
     {"collectives": collectives, "syncbn_grad": syncbn_grad, "train": train, "fail": fail,
-     "forgotten_sync": forgotten_sync}[scenario](out_dir, *rest)
+     "forgotten_sync": forgotten_sync, "evaluate_sharded": evaluate_sharded}[scenario](out_dir, *rest)

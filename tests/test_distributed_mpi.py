@@ -153,6 +153,23 @@ def test_a_forgotten_sync_gradients_is_an_error_not_a_divergence(tmp_path):
     assert result.returncode != 0 and "never averaged across the ranks" in result.stderr
 
 
+def test_test_set_is_evaluated_exactly_once_over_the_ranks(tmp_path):
+    from minires.data import get_dataset
+    from minires.models import resnet20
+    from minires.training.evaluate import evaluate
+    from minires.training.trainer import TrainConfig, make_test_loader
+
+    ranks = worker("evaluate_sharded", tmp_path)
+    test_set = get_dataset("digits", None, train=False)
+    mr.manual_seed(0)  # the worker's model, rebuilt here and evaluated by one process
+    reference = evaluate(resnet20(in_channels=1), make_test_loader(TrainConfig(prefetch=0), test_set), test_set.num_classes)
+    assert [int(r["shard"]) for r in ranks] == [180, 180]
+    for r in ranks:
+        assert int(r["confusion"].sum()) == len(test_set) == 360
+        np.testing.assert_array_equal(r["confusion"], reference.confusion)
+        np.testing.assert_allclose(float(r["loss"]), reference.loss, rtol=1e-5)
+
+
 def _train(args: list[str], ranks: int | None = 2) -> subprocess.CompletedProcess:
     # a constant rate, so a run resumed with more --epochs follows the same schedule as one planned that long
     fixed = [] if "--resume" in args else ["--train-subset", "64", "--batch-size", "16", "--schedule", "constant",
@@ -184,7 +201,8 @@ def test_minires_train_under_mpiexec_end_to_end(tmp_path, capsys):
     assert total == 360 and hits / total == records[-1]["test_acc"]
 
 
-def test_resume_with_another_number_of_processes_is_refused(tmp_path):
-    _train(["--epochs", "1", "--out", str(tmp_path / "run")])
+def test_no_sync_bn_and_resume_with_another_number_of_processes_is_refused(tmp_path):
+    first = _train(["--epochs", "1", "--no-sync-bn", "--out", str(tmp_path / "run")])
+    assert "BatchNorm statistics per process" in first.stdout
     result = launch(["-m", "minires.train", "--resume", str(tmp_path / "run" / "checkpoint.npz")], ranks=None)
     assert result.returncode == 2 and "was trained by 2 process(es)" in result.stderr

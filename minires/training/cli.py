@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
     p.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random N-image part of the training set")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under mpiexec: BatchNorm statistics per process instead of over the global batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default: runs/<timestamp>)")

@@ -5,7 +5,8 @@
   batch is N x batch size. The test set is split into N disjoint parts and the per-part counts are
   summed, so the test accuracy covers every test image exactly once.
 - **model**: BatchNorm layers become :class:`~minires.distributed.SyncBatchNorm` (global-batch statistics,
-  so N ranks x B images train like one process with N*B images), and the model is wrapped in
+  so N ranks x B images train like one process with N*B images; ``--no-sync-bn`` keeps per-rank
+  statistics), and the model is wrapped in
   :class:`~minires.distributed.DistributedDataParallel` (rank 0's initial weights; averaged gradients).
 - **agreement**: each step's loss, correct count and Ctrl-C flag are all-reduced, so every rank sees the
   same global numbers and stops (on a NaN loss or Ctrl-C) at the same step — never one rank alone.
@@ -44,10 +45,10 @@ class TrainingWorld:
             if not self.is_main:
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
-    def describe(self, batch_size: int) -> str:
+    def describe(self, batch_size: int, sync_bn: bool) -> str:
         """The line rank 0 prints about the parallel setup."""
         return (f"data-parallel: {self.size} processes ({self.comm.name}), batch {batch_size} per process, "
-                f"global batch {self.size * batch_size}, SyncBatchNorm")
+                f"global batch {self.size * batch_size}, " + ("SyncBatchNorm" if sync_bn else "BatchNorm statistics per process"))
 
     def loader_order(self, dataset: Any, seed: int) -> dict[str, Any]:
         """DataLoader arguments for the training order: its own shuffle, or this rank's DistributedSampler."""
@@ -69,9 +70,10 @@ class TrainingWorld:
         self.ddp = dist.DistributedDataParallel(model)
         return self.ddp
 
-    def prepare(self, model: Module) -> Module:
-        """``model`` with SyncBatchNorm in place of BatchNorm when N > 1 (same parameters and state-dict keys)."""
-        return dist.convert_sync_batchnorm(model) if self.distributed else model
+    def prepare(self, model: Module, sync_bn: bool) -> Module:
+        """``model`` with SyncBatchNorm in place of BatchNorm when N > 1 and ``sync_bn`` (same parameters and
+        state-dict keys)."""
+        return dist.convert_sync_batchnorm(model) if self.distributed and sync_bn else model
 
     def sync_gradients(self) -> None:
         """Average the gradients over the ranks (after backward, before clipping and the step)."""

@@ -81,6 +81,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
     augment: bool = True
+    sync_bn: bool = True  # under mpiexec -n N > 1: SyncBatchNorm (global-batch statistics) instead of per-rank BatchNorm
     train_subset: int | None = None
     device: str = "cpu"
     seed: int = 0
@@ -231,7 +232,7 @@ class Trainer:
         self.test_loader = make_test_loader(config, self.world.test_shard(self.test_set))
         self.num_classes = self.train_set.num_classes
         model = build_model(config.model, self.num_classes, channels, size, config.plain, config.preact).to(config.device)
-        self.model = self.world.prepare(model)
+        self.model = self.world.prepare(model, config.sync_bn)
         self.forward = self.world.wrap(self.model)  # the model, or its DistributedDataParallel wrapper
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = make_schedule(config, self.optimizer, len(self.train_loader))
@@ -323,7 +324,7 @@ class Trainer:
               f"({len(self.train_set)} train / {len(self.test_set)} test images, {self.num_classes} classes), "
               f"{sum(p.numel() for p in self.model.parameters()):,} parameters, device {config.device}, out {config.out}")
         if self.world.distributed:
-            print(self.world.describe(config.batch_size))
+            print(self.world.describe(config.batch_size, config.sync_bn))
         with _StopOnInterrupt() as interrupt:
             while self.epoch < config.epochs:
                 record = self._run_epoch(interrupt)
