@@ -125,7 +125,11 @@ def test_loader_with_a_sampler_takes_its_order_and_length():
         loader = DataLoader(data, 2, prefetch=0, sampler=dist.DistributedSampler(data, 2, rank, seed=4))
         loader.set_epoch(3)
         assert len(loader) == 3
-        seen += [int(v) for _, y in loader for v in y.numpy()]
+        order = [int(v) for _, y in loader for v in y.numpy()]
+        reference = dist.DistributedSampler(data, 2, rank, seed=4)
+        reference.set_epoch(3)  # the loader passes its epoch on to the sampler
+        assert order == list(reference) != list(dist.DistributedSampler(data, 2, rank, seed=4))
+        seen += order
     assert sorted(seen) == list(range(10))
     with pytest.raises(ValueError, match="mutually exclusive"):
         DataLoader(data, 2, shuffle=True, sampler=dist.DistributedSampler(data, 1, 0))
