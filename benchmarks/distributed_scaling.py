@@ -77,13 +77,14 @@ def measure(ranks: list[int], batch: int, steps: int, warmup: int) -> None:
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
-    print(f"measured: ResNet-20, 3x32x32, batch {batch} per rank, SyncBatchNorm + DDP, 1 BLAS thread per rank, "
+    print(f"measured: ResNet-20, 3x32x32, batch {batch} per rank, SyncBatchNorm + DDP, one core per rank, "
           f"median of {steps} steps after {warmup}; {os.cpu_count()} CPU cores")
     print(f"{'ranks':>5} {'step ms':>9} {'allreduce ms':>13} {'img/s':>8} {'efficiency':>11}")
     base = None
     for n in ranks:
-        cmd = [mpiexec, "-n", str(n), sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps),
-               "--warmup", str(warmup)]  # fmt: skip
+        # one core per rank: BLAS via OMP_NUM_THREADS, minires' im2col thread pool via the CPU affinity
+        cmd = [mpiexec, "-bind-to", "core", "-n", str(n), sys.executable, __file__, "--worker", "--batch", str(batch),
+               "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             print(f"{n:>5} failed: {out.stderr[-500:]}")
