@@ -107,6 +107,7 @@ def evaluate_sharded(out: str) -> None:
     from minires.data import get_dataset
     from minires.models import resnet20
     from minires.training.distributed import TrainingWorld
+    from minires.training.evaluate import evaluate
     from minires.training.trainer import TrainConfig, make_test_loader
 
     world = TrainingWorld(SimpleNamespace(device="cpu", out="unused", progress=False))
@@ -114,7 +115,7 @@ def evaluate_sharded(out: str) -> None:
     mr.manual_seed(0)
     model = resnet20(in_channels=1)
     loader = make_test_loader(TrainConfig(prefetch=0), world.test_shard(test_set))
-    result = world.evaluate(model, loader, test_set.num_classes)
+    result = world.all_reduce_result(evaluate(model, loader, test_set.num_classes))
     save(out, confusion=result.confusion, loss=np.array(result.loss), shard=np.array(len(loader.dataset)))
 
 

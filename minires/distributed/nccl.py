@@ -32,7 +32,7 @@ class NCCLCommunicator(MPICommunicator):
         self.cupy, self.nccl = cupy, nccl
         self.device_id = self.local_rank % cupy.cuda.runtime.getDeviceCount()
         cupy.cuda.Device(self.device_id).use()
-        uid = np.zeros(nccl.NCCL_UNIQUE_ID_BYTES if hasattr(nccl, "NCCL_UNIQUE_ID_BYTES") else 128, dtype=np.int64)
+        uid = np.zeros(128, dtype=np.int64)  # NCCL_UNIQUE_ID_BYTES: get_unique_id() returns 128 signed chars
         if self.rank == 0:
             uid[:] = np.asarray(nccl.get_unique_id(), dtype=np.int64)
         self.comm.Bcast(uid, root=0)  # as numbers, not a pickle

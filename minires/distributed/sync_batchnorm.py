@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.distributed.comm import Communicator
@@ -115,7 +116,7 @@ def sync_batch_norm(
     """Training-mode batch norm of x (N, C, *) with the statistics of the batch on all ranks together;
     running_mean / running_var (C,), when given, are updated in place with the global statistics."""
     name = "sync_batch_norm"
-    x = as_tensor(x)
+    (x,) = cast_to_float32(as_tensor(x))  # float16 input -> float32 statistics under autocast, as batch_norm
     check_float(name, x)
     if x.ndim < 2:
         raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {x.shape}")
@@ -156,15 +157,10 @@ class SyncBatchNorm(_BatchNorm):
         """Replace every BatchNorm1d/2d in ``module`` (or ``module`` itself) by a SyncBatchNorm sharing its
         parameters and buffers (the same Tensor objects) and its train/eval mode. Returns the result."""
         if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
-            weight = module.weight if module.weight is not None else module.running_mean
-            like = weight if weight is not None else None
             sync = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-                       device=None if like is None else like.device, dtype=None if like is None else like.dtype,
                        bias=module.bias is not None or not module.affine)  # fmt: skip
-            for name, value in list(module._parameters.items()):
-                sync._parameters[name] = value
-            for name, value in list(module._buffers.items()):
-                sync._buffers[name] = value
+            sync._parameters.update(module._parameters)  # the same Parameter and buffer objects, not copies
+            sync._buffers.update(module._buffers)
             sync.train(module.training)
             return sync
         for name, child in list(module._modules.items()):

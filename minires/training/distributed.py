@@ -27,7 +27,7 @@ import numpy as np
 
 import minires.distributed as dist
 from minires.nn import Module
-from minires.training.evaluate import EvalResult, evaluate
+from minires.training.evaluate import EvalResult
 
 
 class TrainingWorld:
@@ -43,7 +43,7 @@ class TrainingWorld:
             config.out = dist.broadcast_object(config.out)  # rank 0's timestamped folder for everyone
             config.progress = config.progress and self.is_main
             if not self.is_main:
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+                sys.stdout = open(os.devnull, "w")  # for the life of the process
 
     def describe(self, batch_size: int, sync_bn: bool) -> str:
         """The line rank 0 prints about the parallel setup."""
@@ -60,6 +60,8 @@ class TrainingWorld:
         """This rank's disjoint part of the test set (every image in exactly one part)."""
         if not self.distributed:
             return test_set
+        if len(test_set) < self.size:
+            raise ValueError(f"the test set has {len(test_set)} images, fewer than the {self.size} processes sharing it")
         return test_set.subset(np.arange(self.rank, len(test_set), self.size))
 
     def wrap(self, model: Module) -> Module:
@@ -80,6 +82,10 @@ class TrainingWorld:
         if self.ddp is not None:
             self.ddp.sync_gradients()
 
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
     def batch_totals(self, loss: float, count: int, correct: int) -> tuple[float, int, int]:
         """(mean loss, images, correct) of this step over all ranks."""
         if not self.distributed:
@@ -93,16 +99,12 @@ class TrainingWorld:
             return flag
         return dist.all_reduce_metrics({"flag": float(flag)}, op="max")["flag"] > 0
 
-    def evaluate(self, model: Module, loader: Any, num_classes: int) -> EvalResult:
-        """:func:`evaluate` on this rank's test shard, with loss and confusion matrix summed over the ranks."""
+    def all_reduce_result(self, local: EvalResult) -> EvalResult:
+        """The evaluation of the whole test set from each rank's result on its part: loss and confusion summed."""
         if not self.distributed:
-            return evaluate(model, loader, num_classes)
-        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        loss_sum = np.zeros(1, dtype=np.float64)
-        if len(loader.dataset):  # a rank may hold no test images when there are fewer than ranks
-            local = evaluate(model, loader, num_classes)
-            confusion += local.confusion
-            loss_sum[0] = local.loss * local.confusion.sum()
+            return local
+        confusion = local.confusion.copy()
+        loss_sum = np.array([local.loss * confusion.sum()], dtype=np.float64)
         dist.all_reduce(confusion)
         dist.all_reduce(loss_sum)
         count = int(confusion.sum())

@@ -35,6 +35,7 @@ from minires.nn import Module
 from minires.nn.utils import clip_grad_norm_
 from minires.training.checkpoint import load_checkpoint, save_checkpoint
 from minires.training.distributed import TrainingWorld
+from minires.training.evaluate import evaluate
 from minires.training.metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
 from minires.training.recipes import RECIPES, build_model
 
@@ -244,8 +245,11 @@ class Trainer:
         return os.path.join(self.config.out, CHECKPOINT)
 
     def save(self, partial: dict[str, Any] | None = None) -> None:
-        if not self.world.is_main:
-            return
+        if self.world.is_main:
+            self._write_checkpoint(partial)
+        self.world.barrier()  # under mpiexec no rank goes on (and maybe ends the group) before the file is written
+
+    def _write_checkpoint(self, partial: dict[str, Any] | None) -> None:
         save_checkpoint(
             self.checkpoint_path(),
             self.model.state_dict(),
@@ -307,15 +311,14 @@ class Trainer:
             os.makedirs(config.out, exist_ok=True)
         if resume:
             self.restore(resume)
-        if resume and main:
             previous = os.path.join(os.path.dirname(os.path.abspath(resume)), METRICS)
-            if os.path.abspath(metrics_path) != previous:  # resuming into another --out: carry the history over
+            if main and os.path.abspath(metrics_path) != previous:  # resuming into another --out: carry the history over
                 if os.path.exists(previous):
                     shutil.copyfile(previous, metrics_path)
                 elif os.path.exists(metrics_path):
                     os.unlink(metrics_path)
-            truncate_metrics(metrics_path, self.epoch)
-        if resume:
+            if main:
+                truncate_metrics(metrics_path, self.epoch)
             print(f"resumed from {resume} after epoch {self.epoch}" + (
                 f" (+{self.partial['batches']} batches)" if self.partial else ""))
         elif main and os.path.exists(metrics_path):
@@ -395,7 +398,7 @@ class Trainer:
                 raise KeyboardInterrupt
         bar.close()
         seconds += time.perf_counter() - start
-        result = self.world.evaluate(self.model, self.test_loader, self.num_classes)
+        result = self.world.all_reduce_result(evaluate(self.model, self.test_loader, self.num_classes))  # this rank's part, summed
         self.epoch += 1
         return {
             "epoch": self.epoch,
