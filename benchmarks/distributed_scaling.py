@@ -1,11 +1,14 @@
 """Data-parallel scaling of minires on MPI: measured (1 vs 2 ranks, this machine) and on paper (8 GPUs).
 
-    python benchmarks/distributed_scaling.py [--batch 32] [--steps 6] [--warmup 2] [--ranks 1 2] [--paper-only]
+    python benchmarks/distributed_scaling.py [--batch 32] [--steps 6] [--warmup 2] [--ranks 1 2] [--local-bn]
+                                             [--paper-only] [--gpus 8] [--tflops 15] [--latency-us 5]
 
-Measured: ResNet-20 (SyncBatchNorm, DistributedDataParallel, SGD) on random 3x32x32 images, ``--batch``
-images per rank (weak scaling, as ``minires-train`` under mpiexec), one BLAS thread per rank, each
-configuration launched with ``mpiexec -n N``. Per step: the slowest rank's median time and the median
-time inside ``sync_gradients`` (the gradient all-reduce). Efficiency = (N-rank img/s) / (N x 1-rank img/s).
+Measured: ResNet-20 (SyncBatchNorm, or per-rank BatchNorm with ``--local-bn``; DistributedDataParallel;
+SGD) on random 3x32x32 images, ``--batch`` images per rank (weak scaling, as ``minires-train`` under
+mpiexec), each configuration launched with ``mpiexec -bind-to core -n N`` (MPICH's Hydra) and one BLAS
+thread, so every rank computes on one core. Per step: the slowest rank's median time and the median time
+inside ``sync_gradients`` (the gradient all-reduce, including any wait for the slower rank).
+Efficiency = (N-rank img/s) / (N x 1-rank img/s).
 Needs the "dist" extra (``pip install ".[dist]"``).
 
 On paper: gradient bytes per step against compute per step for ResNet-20/56/18 on 8 GPUs, from the
@@ -28,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def worker(batch: int, steps: int, warmup: int) -> None:
+def worker(batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
     """One rank of the measured run; rank 0 prints one JSON line."""
     import numpy as np
 
@@ -42,7 +45,7 @@ def worker(batch: int, steps: int, warmup: int) -> None:
     rng = np.random.default_rng(dist.get_rank())
     x = mr.tensor(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32))
     y = mr.tensor(rng.integers(0, 10, batch))
-    model = dist.DistributedDataParallel(dist.convert_sync_batchnorm(resnet20()))
+    model = dist.DistributedDataParallel(dist.convert_sync_batchnorm(resnet20()) if sync_bn else resnet20())
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     step_s, sync_s = [], []
     for i in range(warmup + steps):
@@ -66,7 +69,7 @@ def worker(batch: int, steps: int, warmup: int) -> None:
                           "img_s": dist.get_world_size() * batch / mine[0]}))  # fmt: skip
 
 
-def measure(ranks: list[int], batch: int, steps: int, warmup: int) -> None:
+def measure(ranks: list[int], batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     try:
         import mpi4py  # noqa: F401
@@ -77,14 +80,15 @@ def measure(ranks: list[int], batch: int, steps: int, warmup: int) -> None:
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
-    print(f"measured: ResNet-20, 3x32x32, batch {batch} per rank, SyncBatchNorm + DDP, one core per rank, "
+    bn = "SyncBatchNorm" if sync_bn else "BatchNorm per rank"
+    print(f"measured: ResNet-20, 3x32x32, batch {batch} per rank, {bn} + DDP, one core per rank, "
           f"median of {steps} steps after {warmup}; {os.cpu_count()} CPU cores")
     print(f"{'ranks':>5} {'step ms':>9} {'allreduce ms':>13} {'img/s':>8} {'efficiency':>11}")
     base = None
     for n in ranks:
         # one core per rank: BLAS via OMP_NUM_THREADS, minires' im2col thread pool via the CPU affinity
         cmd = [mpiexec, "-bind-to", "core", "-n", str(n), sys.executable, __file__, "--worker", "--batch", str(batch),
-               "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
+               "--steps", str(steps), "--warmup", str(warmup)] + ([] if sync_bn else ["--local-bn"])  # fmt: skip
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
         if out.returncode != 0:
             print(f"{n:>5} failed: {out.stderr[-500:]}")
@@ -138,15 +142,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--paper-only", action="store_true")
+    p.add_argument("--local-bn", action="store_true", help="measure with per-rank BatchNorm instead of SyncBatchNorm")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--tflops", type=float, default=15.0, help="assumed sustained training TFLOP/s per GPU")
     p.add_argument("--latency-us", type=float, default=5.0, help="assumed per-hop latency of the ring")
     args = p.parse_args()
     if args.worker:
-        worker(args.batch, args.steps, args.warmup)
+        worker(args.batch, args.steps, args.warmup, not args.local_bn)
         return
     if not args.paper_only:
-        measure(args.ranks, args.batch, args.steps, args.warmup)
+        measure(args.ranks, args.batch, args.steps, args.warmup, not args.local_bn)
     paper(args.gpus, args.tflops, [("NVLink 150 GB/s", 150.0), ("PCIe 4 20 GB/s", 20.0), ("25 GbE 3 GB/s", 3.0)],
           args.latency_us)
 

@@ -47,6 +47,27 @@ def collectives(out: str) -> None:
          size=np.array(n), local_rank=np.array(dist.get_local_rank()), backend=np.array(dist.get_backend()))
 
 
+def device_arrays(out: str) -> None:
+    """Device arrays through the MPI communicator (copied to the host and back), on the CPU "foreign" device
+    whose arrays refuse implicit conversion to numpy as CuPy's do: all_reduce, and DDP + SyncBatchNorm."""
+    import foreign_device
+
+    from minires.backend import device_of, to_device, to_numpy
+
+    foreign_device.register()
+    dist.init()
+    r = dist.get_rank()
+    a = to_device(np.arange(4.0) * (r + 1), "foreign")
+    dist.all_reduce(a)
+    model = dist.DistributedDataParallel(dist.convert_sync_batchnorm(_tiny_net(sync=False))).to("foreign")
+    x = mr.tensor(np.random.default_rng(r).normal(size=(4, 1, 6, 6)).astype(np.float32), device="foreign")
+    model(x).sum().backward()
+    model.sync_gradients()
+    grads = {name: to_numpy(p.grad.data) for name, p in model.module.named_parameters()}
+    save(out, reduced=to_numpy(a), device=np.array(device_of(a)), grad_device=np.array(model.module[0].weight.grad.device),
+         **grads)
+
+
 def syncbn_grad(out: str) -> None:
     """SyncBatchNorm forward/backward on an uneven split (rank 0: 4 images, rank 1: 2) of one float64 batch."""
     dist.init()
@@ -141,4 +162,5 @@ def fail(out: str) -> None:
 if __name__ == "__main__":
     scenario, out_dir, *rest = sys.argv[1:]
     {"collectives": collectives, "syncbn_grad": syncbn_grad, "train": train, "fail": fail,
-     "forgotten_sync": forgotten_sync, "evaluate_sharded": evaluate_sharded}[scenario](out_dir, *rest)
+     "forgotten_sync": forgotten_sync, "evaluate_sharded": evaluate_sharded,
+     "device_arrays": device_arrays}[scenario](out_dir, *rest)

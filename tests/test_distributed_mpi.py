@@ -83,6 +83,16 @@ def test_collectives_known_answers(tmp_path):
         assert int(got["size"]) == 2 and int(got["local_rank"]) == r and str(got["backend"]) == "mpi"
 
 
+def test_device_arrays_travel_through_the_host(tmp_path):
+    """On the foreign device (arrays that refuse implicit numpy conversion, as CuPy's): values and device kept."""
+    ranks = worker("device_arrays", tmp_path)
+    for got in ranks:
+        np.testing.assert_array_equal(got["reduced"], np.arange(4.0) * 3)
+        assert str(got["device"]) == "foreign" and str(got["grad_device"]) == "foreign"
+    for key in ranks[0]:
+        np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)  # averaged gradients agree
+
+
 def test_sync_batch_norm_on_two_ranks_equals_batch_norm_on_the_whole_batch(tmp_path):
     """Uneven shares (4 and 2 images), float64: SyncBatchNorm's pieces against F.batch_norm on all 6 images."""
     ranks = worker("syncbn_grad", tmp_path)

@@ -10,45 +10,50 @@ the start-up broadcast of parameters and buffers, by every communicator (MPI, NC
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from minires.backend import get_xp
+from minires.backend import device_of, get_xp
 from minires.tensor import Tensor
 
 
-@dataclass
 class Bucket:
-    """Tensors of one dtype and device, laid end to end in ``flat`` at ``offsets``."""
+    """Tensors of one dtype and device, laid end to end in one flat array at ``offsets``.
 
-    tensors: list[Tensor]
-    dtype: np.dtype
-    device: str
-    offsets: list[int] = field(default_factory=list)
-    flat: Any = None
+    The flat array follows the tensors: if the model is moved or cast after the buckets were made
+    (``model.to("cuda")`` after wrapping it), the next ``pack`` allocates it again where they now live."""
 
-    def __post_init__(self) -> None:
-        self.offsets, total = [], 0
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.tensors = list(tensors)
+        self.offsets: list[int] = []
+        self.size = 0
         for t in self.tensors:
-            self.offsets.append(total)
-            total += int(t.numel())
-        self.flat = get_xp(self.device).zeros(total, dtype=self.dtype)
+            self.offsets.append(self.size)
+            self.size += int(t.numel())
+        self.flat: Any = None
+
+    def _buffer(self) -> Any:
+        first = self.tensors[0]
+        if self.flat is None or self.flat.dtype != first.dtype or device_of(self.flat) != first.device:
+            self.flat = get_xp(first.device).zeros(self.size, dtype=first.dtype)
+        return self.flat
 
     def pack(self, arrays: Sequence[Any]) -> Any:
-        """Copy ``arrays`` (one per tensor, shaped like it; None counts as zeros) into ``flat``; returns it."""
+        """Copy ``arrays`` (one per tensor, shaped like it; None counts as zeros) into the flat array; returns it."""
+        flat = self._buffer()
         for t, start, a in zip(self.tensors, self.offsets, arrays):
-            view = self.flat[start : start + t.numel()]
+            view = flat[start : start + t.numel()]
             if a is None:
                 view[...] = 0
             else:
                 view[...] = a.reshape(-1)
-        return self.flat
+        return flat
 
     def views(self) -> list[Any]:
-        """``flat`` cut back into one array per tensor, with each tensor's shape (views, not copies)."""
-        return [self.flat[start : start + t.numel()].reshape(t.shape) for t, start in zip(self.tensors, self.offsets)]
+        """The flat array cut back into one array per tensor, with each tensor's shape (views, not copies)."""
+        flat = self._buffer()
+        return [flat[start : start + t.numel()].reshape(t.shape) for t, start in zip(self.tensors, self.offsets)]
 
 
 def make_buckets(tensors: Sequence[Tensor], cap_bytes: int) -> list[Bucket]:
@@ -62,10 +67,10 @@ def make_buckets(tensors: Sequence[Tensor], cap_bytes: int) -> list[Bucket]:
     for t in tensors:
         key = (np.dtype(t.dtype), t.device)
         if current and (key != (np.dtype(current[0].dtype), current[0].device) or size + t.data.nbytes > cap_bytes):
-            buckets.append(Bucket(current, np.dtype(current[0].dtype), current[0].device))
+            buckets.append(Bucket(current))
             current, size = [], 0
         current.append(t)
         size += t.data.nbytes
     if current:
-        buckets.append(Bucket(current, np.dtype(current[0].dtype), current[0].device))
+        buckets.append(Bucket(current))
     return buckets

@@ -106,5 +106,5 @@ class DistributedDataParallel(Module):
             self._require_sync = previous
 
     def extra_repr(self) -> str:
-        sizes = ", ".join(str(int(b.flat.size)) for b in self._grad_buckets)
+        sizes = ", ".join(str(b.size) for b in self._grad_buckets)
         return f"world_size={world().size}, gradient buckets=[{sizes}] elements"
