@@ -68,6 +68,30 @@ def device_arrays(out: str) -> None:
          **grads)
 
 
+def nccl_smoke(out: str) -> None:
+    """One process, one GPU: the NCCL communicator's collectives, and DDP + SyncBatchNorm on CUDA arrays."""
+    from minires.backend import to_numpy
+
+    comm = dist.init("nccl")
+    a = mr.tensor(np.arange(4.0, dtype=np.float32), device="cuda")
+    dist.all_reduce(a, "sum")
+    dist.all_reduce(a, "mean")
+    dist.broadcast(a, 0)
+    metrics = dist.all_reduce_metrics({"seen": 3})  # host values go over MPI
+    model = dist.DistributedDataParallel(_tiny_net(sync=True).to("cuda"))
+    reference = _tiny_net(sync=False).to("cuda")
+    reference.load_state_dict(model.module.state_dict())
+    x = mr.tensor(np.random.default_rng(0).normal(size=(4, 1, 6, 6)).astype(np.float32), device="cuda")
+    y, y_ref = model(x), reference(x)
+    y.sum().backward()
+    y_ref.sum().backward()
+    model.sync_gradients()
+    comm.barrier()
+    save(out, a=a.numpy(), seen=np.array(metrics["seen"]), backend=np.array(dist.get_backend()), y=to_numpy(y.data),
+         y_ref=to_numpy(y_ref.data), g=to_numpy(model.module[0].weight.grad.data),
+         g_ref=to_numpy(reference[0].weight.grad.data))
+
+
 def syncbn_grad(out: str) -> None:
     """SyncBatchNorm forward/backward on an uneven split (rank 0: 4 images, rank 1: 2) of one float64 batch."""
     dist.init()
@@ -163,4 +187,4 @@ if __name__ == "__main__":
     scenario, out_dir, *rest = sys.argv[1:]
     {"collectives": collectives, "syncbn_grad": syncbn_grad, "train": train, "fail": fail,
      "forgotten_sync": forgotten_sync, "evaluate_sharded": evaluate_sharded,
-     "device_arrays": device_arrays}[scenario](out_dir, *rest)
+     "device_arrays": device_arrays, "nccl_smoke": nccl_smoke}[scenario](out_dir, *rest)

@@ -93,6 +93,17 @@ def test_device_arrays_travel_through_the_host(tmp_path):
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)  # averaged gradients agree
 
 
+def test_nccl_backend_on_one_gpu(tmp_path):
+    """NCCL refuses two ranks on one device, so on a one-GPU machine this is one process (MPI singleton)."""
+    if not mr.cuda.is_available():
+        pytest.skip("needs a CUDA GPU and CuPy (the NCCL backend has not been run without one)")
+    (got,) = worker("nccl_smoke", tmp_path, ranks=None)
+    assert str(got["backend"]) == "nccl" and float(got["seen"]) == 3.0
+    np.testing.assert_array_equal(got["a"], np.arange(4.0))  # sum, mean and broadcast over one rank
+    np.testing.assert_allclose(got["y"], got["y_ref"], rtol=1e-5, atol=1e-6)  # SyncBatchNorm = BatchNorm alone
+    np.testing.assert_allclose(got["g"], got["g_ref"], rtol=1e-4, atol=1e-6)
+
+
 def test_sync_batch_norm_on_two_ranks_equals_batch_norm_on_the_whole_batch(tmp_path):
     """Uneven shares (4 and 2 images), float64: SyncBatchNorm's pieces against F.batch_norm on all 6 images."""
     ranks = worker("syncbn_grad", tmp_path)
