@@ -60,6 +60,31 @@ class CupyLauncher:
 _LAUNCHERS: dict[str, Launcher] = {"cuda": CupyLauncher()}
 
 
+class KernelCompileError(RuntimeError):
+    """NVRTC rejected a kernel source; the message carries the compiler's log."""
+
+
+def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str:
+    """Compile a family's source (or ``source``) to PTX for a virtual architecture such as "compute_90".
+
+    Calls NVRTC directly (``cupy.cuda.nvrtc``), which needs neither a GPU nor a driver: this is how CI
+    checks every kernel. Raises :class:`KernelCompileError` with NVRTC's log when the source is rejected.
+    """
+    from cupy.cuda import nvrtc
+
+    text = KERNELS[family][0] if source is None else source
+    program = nvrtc.createProgram(text, f"minires_{family}.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(program, [f"-arch={arch}", "-std=c++14"])
+        except nvrtc.NVRTCError as exc:
+            raise KernelCompileError(f"NVRTC ({arch}) rejected the {family!r} kernels: {exc}\n{nvrtc.getProgramLog(program)}") from None
+        ptx = nvrtc.getPTX(program)
+    finally:
+        nvrtc.destroyProgram(program)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
 def register_launcher(device: str, launcher: Launcher) -> None:
     """Let arrays of ``device`` run the fast kernels through ``launcher`` (tests: a host-emulation launcher)."""
     _LAUNCHERS[device] = launcher
@@ -197,6 +222,7 @@ def bn_backward(g: Any, x: Any, mean: Any, k: Any, mean_g: Any, proj: Any) -> An
 
 __all__ = [
     "CupyLauncher",
+    "KernelCompileError",
     "Launcher",
     "bn_backward",
     "bn_forward",
@@ -206,6 +232,7 @@ __all__ = [
     "in_layout",
     "is_channels_last",
     "launch_config",
+    "nvrtc_compile",
     "register_launcher",
     "unregister_launcher",
 ]

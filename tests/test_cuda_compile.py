@@ -1,0 +1,55 @@
+"""Every CUDA kernel compiles with NVRTC, for each dtype and two GPU generations, on a machine without a GPU.
+
+NVRTC turns CUDA C++ into PTX with no driver and no device, so a typo or a type error in a kernel fails
+here, in CI, instead of on the first GPU user's machine. compute_75 (Turing) and compute_90 (Hopper)
+bracket the GPUs minires targets.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+from kernel_toolchains import require_nvrtc
+
+from minires.ops.cuda import sources
+from minires.ops.cuda.launch import KernelCompileError, nvrtc_compile
+
+ARCHS = ("compute_75", "compute_90")
+
+
+@functools.cache
+def _ptx(family: str, arch: str) -> str:
+    return nvrtc_compile(family, arch)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [name for name, *_ in sources.DTYPES])
+@pytest.mark.parametrize("family", sorted(sources.KERNELS))
+def test_kernel_compiles_with_nvrtc(family: str, dtype: str, arch: str) -> None:
+    require_nvrtc()
+    ptx = _ptx(family, arch)
+    assert f".target sm_{arch.split('_')[1]}" in ptx
+    suffix = sources.suffix_of(dtype)
+    entries = [e for e in sources.entry_points(family) if e.endswith("_" + suffix)]
+    assert entries
+    for entry in entries:  # an extern "C" kernel keeps its name: a .entry of that name is in the PTX
+        assert re.search(rf"\.entry\s+{entry}\s*\(", ptx), f"{entry} missing from the PTX for {arch}"
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        lambda s: s.replace("t /= g.kW;", "t /= g.kW", 1),  # a missing semicolon
+        lambda s: s.replace("const long long src = im2col_source_index(i, g);", "const long long src = im2col_source_index(i, g, 0);"),
+        lambda s: s.replace("col[i] = src >= 0 ? x[src] : Num<T>::from_acc(0);", "col[i] = src >= 0 ? x[src] : 0;"),  # no int -> half
+    ],
+    ids=["missing-semicolon", "wrong-arity", "int-to-half"],
+)
+def test_nvrtc_rejects_a_broken_kernel_with_its_log(break_it) -> None:
+    require_nvrtc()
+    broken = break_it(sources.IM2COL)
+    assert broken != sources.IM2COL
+    with pytest.raises(KernelCompileError, match=r"minires_im2col\.cu\(\d+\): error"):
+        nvrtc_compile("im2col", "compute_90", source=broken)
