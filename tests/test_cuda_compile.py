@@ -60,12 +60,13 @@ def test_nvrtc_rejects_a_broken_kernel_with_its_log(break_it) -> None:
 _NO_DRIVER_SCRIPT = """
 import cupy, numpy as np
 import minires as mr
+import minires.nn.functional as F
 try:
     gpus = cupy.cuda.runtime.getDeviceCount()
 except Exception:
     gpus = 0
 x = mr.tensor(np.ones((1, 2, 5, 5), np.float32), requires_grad=True)
-y = mr.nn.functional.conv2d(x, mr.ones(3, 2, 3, 3), padding=1)
+y = F.conv2d(x, mr.ones(3, 2, 3, 3), padding=1)
 y.sum().backward()
 print(gpus, mr.cuda.is_available(), float(y.sum().item()), x.grad.shape)
 """
@@ -73,7 +74,9 @@ print(gpus, mr.cuda.is_available(), float(y.sum().item()), x.grad.shape)
 
 def test_cupy_without_a_gpu_leaves_import_and_the_cpu_path_alone() -> None:
     require_nvrtc()  # CuPy is installed here
-    out = subprocess.run([sys.executable, "-c", _NO_DRIVER_SCRIPT], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", _NO_DRIVER_SCRIPT], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    out = out.stdout.split()
     gpus, available = int(out[0]), out[1] == "True"
     assert available == (gpus > 0)
     # 3 output channels x 2 input channels x the in-bounds taps over a 5x5 image: (4 + 5 + 4) ** 2
