@@ -12,7 +12,7 @@ import minires as mr
 from minires.ops import conv
 from minires.ops.cuda import fast_kernels_off, selfcheck, use_fast_kernels
 
-pytestmark = pytest.mark.skipif(not mr.cuda.is_available(), reason="needs a CUDA device (CuPy)")
+pytestmark = [pytest.mark.device, pytest.mark.skipif(not mr.cuda.is_available(), reason="needs a CUDA device (CuPy)")]
 
 
 @pytest.fixture

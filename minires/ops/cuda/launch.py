@@ -78,7 +78,8 @@ def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str:
         try:
             nvrtc.compileProgram(program, [f"-arch={arch}", "-std=c++14"])
         except nvrtc.NVRTCError as exc:
-            raise KernelCompileError(f"NVRTC ({arch}) rejected the {family!r} kernels: {exc}\n{nvrtc.getProgramLog(program)}") from None
+            log = nvrtc.getProgramLog(program)
+            raise KernelCompileError(f"NVRTC ({arch}) rejected the {family!r} kernels: {exc}\n{log}") from None
         ptx = nvrtc.getPTX(program)
     finally:
         nvrtc.destroyProgram(program)
