@@ -127,7 +127,9 @@ def run_gpu_tests(root: Path = SOURCE_ROOT, timeout: float = 1800) -> dict[str, 
                 seconds=round(time.perf_counter() - start, 1), output_tail=tail, **counts)
 
 
-def train_resnet20(device: str = "cuda", steps: int = 60, batch: int = 128, images: int = 256, seed: int = 0) -> dict[str, Any]:
+def train_resnet20(
+    device: str = "cuda", steps: int = 60, batch: int = 128, images: int = 256, image_size: int = 32, seed: int = 0
+) -> dict[str, Any]:
     """SGD on a fixed set of random CIFAR-shaped images with random labels: the net can memorise them, so
     the loss must fall. Passes when the mean of the last 5 losses is below 0.7x the first 5 and finite.
     ``images`` must be a multiple of ``batch`` (the batches cycle through the set)."""
@@ -140,7 +142,7 @@ def train_resnet20(device: str = "cuda", steps: int = 60, batch: int = 128, imag
 
     mr.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    data = mr.tensor(rng.normal(size=(images, 3, 32, 32)).astype(np.float32), device=device)
+    data = mr.tensor(rng.normal(size=(images, 3, image_size, image_size)).astype(np.float32), device=device)
     labels = mr.tensor(rng.integers(0, 10, images), device=device)
     model = resnet20(num_classes=10).to(device)
     opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
