@@ -93,14 +93,16 @@ def test_bn_forward_kernel_matches_numpy(shape, dtype, grid, layouts, residual, 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=shape).astype(dtype)
     res = rng.normal(size=shape).astype(dtype) if residual else None
-    scale, shift = _per_channel(rng, shape[1], 2)
+    mean, scale, bias = _per_channel(rng, shape[1], 3)
     with host_kernels(HostLauncher(*grid)):
         xd = _upload(x, layouts[0])
-        y = launch.bn_forward(xd, _upload(scale), _upload(shift), None if res is None else _upload(res, layouts[1]), relu)
+        resd = None if res is None else _upload(res, layouts[1])
+        y = launch.bn_forward(xd, _upload(mean), _upload(scale), _upload(bias), resd, relu)
         kept_layout = launch.is_channels_last(y) == launch.is_channels_last(xd)  # the output keeps x's memory layout
         got = to_numpy(y)
     acc = np.float64 if dtype == "float64" else np.float32  # the kernel's coefficients are in its accumulator type
-    want = x.astype(np.float64) * _col(scale.astype(acc), x.ndim) + _col(shift.astype(acc), x.ndim)
+    mean, scale, bias = (_col(v.astype(acc).astype(np.float64), x.ndim) for v in (mean, scale, bias))
+    want = (x.astype(np.float64) - mean) * scale + bias
     if res is not None:
         want += res
     if relu:
@@ -136,14 +138,15 @@ def test_float16_conversions_round_to_nearest_even_as_numpy() -> None:
     finite = bits[np.isfinite(bits.view(np.float16))]
     x = finite.view(np.float16).reshape(1, -1, 1)
     with host_kernels():
-        ones, minus_zeros = to_device(np.ones(x.shape[1]), "foreign"), to_device(np.full(x.shape[1], -0.0), "foreign")
-        y = to_numpy(launch.bn_forward(to_device(x, "foreign"), ones, minus_zeros))  # x * 1 + (-0) == x, bit for bit
+        zeros, ones, minus_zeros = (to_device(np.full(x.shape[1], v), "foreign") for v in (0.0, 1.0, -0.0))
+        y = to_numpy(launch.bn_forward(to_device(x, "foreign"), zeros, ones, minus_zeros))  # (x - 0) * 1 + (-0) == x, bit for bit
     np.testing.assert_array_equal(y.view(np.uint16), finite.reshape(x.shape))
     # the store rounds to the nearer float16 (ties to even), as numpy's cast: x * 1/3 computed in float32
     x16 = np.random.default_rng(0).normal(scale=100, size=(1, 4096, 1)).astype(np.float16)
     third = np.full(4096, 1 / 3)
     with host_kernels():
-        y = to_numpy(launch.bn_forward(to_device(x16, "foreign"), to_device(third, "foreign"), to_device(np.zeros(4096), "foreign")))
+        zeros = to_device(np.zeros(4096), "foreign")
+        y = to_numpy(launch.bn_forward(to_device(x16, "foreign"), zeros, to_device(third, "foreign"), zeros))
     want = (x16.astype(np.float32) * np.float32(1 / 3)).astype(np.float16)
     np.testing.assert_array_equal(y, want)
 

@@ -189,18 +189,18 @@ def _channel_coefficients(dtype: Any, *vectors: Any) -> list[Any]:
     return [xp_of(v).ascontiguousarray(v.astype(acc, copy=False)) for v in vectors]
 
 
-def bn_forward(x: Any, scale: Any, shift: Any, residual: Any = None, relu: bool = False) -> Any:
-    """``y = x * scale[c] + shift[c] (+ residual) (then relu)`` in one pass; y has x's memory layout.
+def bn_forward(x: Any, mean: Any, scale: Any, bias: Any, residual: Any = None, relu: bool = False) -> Any:
+    """``y = (x - mean[c]) * scale[c] + bias[c] (+ residual) (then relu)`` in one pass; y has x's memory layout.
 
-    x: (N, C, *spatial); scale, shift: (C,); residual: x's shape (any layout; copied into x's if it differs).
+    x: (N, C, *spatial); mean, scale, bias: (C,); residual: x's shape (any layout; copied into x's if it differs).
     """
     xp = xp_of(x)
     channels_last = is_channels_last(x)
     x = in_layout(x, channels_last)
     res = x if residual is None else in_layout(residual, channels_last)
     y = _empty(xp, x.shape, x.dtype, channels_last)
-    scale, shift = _channel_coefficients(x.dtype, scale, shift)
-    args = (x, res, y, scale, shift, np.int64(x.size), np.int64(x.shape[1]), np.int64(_inner(x.shape, channels_last)),
+    mean, scale, bias = _channel_coefficients(x.dtype, mean, scale, bias)
+    args = (x, res, y, mean, scale, bias, np.int64(x.size), np.int64(x.shape[1]), np.int64(_inner(x.shape, channels_last)),
             np.int32(residual is not None), np.int32(bool(relu)))
     _launch("batch_norm", "minires_bn_forward", x.dtype, x.size, args, device_of(x))
     return y

@@ -84,8 +84,8 @@ def _check_batch_norm(dtype: str, device: str) -> None:
     residual, g = _sample(device, dtype, shape, 3), _sample(device, dtype, shape, 4)
     mean, k, mean_g, proj = (_sample(device, dtype, (c,), s) for s in (5, 6, 7, 8))
     col = (1, c, 1, 1)
-    forward = launch.bn_forward(x, k, mean, residual=residual, relu=True)
-    reference = x * k.reshape(col) + mean.reshape(col) + residual
+    forward = launch.bn_forward(x, mean, k, mean_g, residual=residual, relu=True)
+    reference = (x - mean.reshape(col)) * k.reshape(col) + mean_g.reshape(col) + residual
     _compare("batch_norm forward", forward, reference * (reference > 0), dtype)
     backward = launch.bn_backward(g, x, mean, k, mean_g, proj)
     reference = k.reshape(col) * (g - mean_g.reshape(col) - (x - mean.reshape(col)) * proj.reshape(col))

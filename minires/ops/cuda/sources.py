@@ -188,16 +188,17 @@ BATCH_NORM = PRELUDE + r"""
 // accumulator type (float for float16/float32, double for float64); statistics come from CuPy reductions.
 MINIRES_DEVICE long long channel_of(long long i, long long channels, long long inner) { return (i / inner) % channels; }
 
-// y = x * scale[c] + shift[c] (+ residual) (then max(., 0) when relu): BN's normalise + affine, the
-// residual add and the ReLU of a post-activation block in one pass.
+// y = (x - mean[c]) * scale[c] + bias[c] (+ residual) (then max(., 0) when relu): BN's normalise + affine,
+// the residual add and the ReLU of a post-activation block in one pass (scale = weight * invstd).
 template <typename T>
 MINIRES_DEVICE void bn_forward_grid(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
-                                    const typename Num<T>::acc* __restrict__ scale, const typename Num<T>::acc* __restrict__ shift,
-                                    long long total, long long channels, long long inner, int has_residual, int relu) {
+                                    const typename Num<T>::acc* __restrict__ mean, const typename Num<T>::acc* __restrict__ scale,
+                                    const typename Num<T>::acc* __restrict__ bias, long long total, long long channels,
+                                    long long inner, int has_residual, int relu) {
     typedef typename Num<T>::acc Acc;
     for (long long i = minires_first_index(); i < total; i += minires_grid_stride()) {
         const long long c = channel_of(i, channels, inner);
-        Acc v = Num<T>::to_acc(x[i]) * scale[c] + shift[c];
+        Acc v = (Num<T>::to_acc(x[i]) - mean[c]) * scale[c] + bias[c];
         if (has_residual) v += Num<T>::to_acc(residual[i]);
         if (relu && !(v > 0)) v = 0;
         y[i] = Num<T>::from_acc(v);
@@ -221,10 +222,10 @@ MINIRES_DEVICE void bn_backward_grid(const T* __restrict__ g, const T* __restric
 }
 
 #define MINIRES_BN_ENTRIES(SUFFIX, T, ACC) \
-    extern "C" __global__ void minires_bn_forward_##SUFFIX(const T* x, const T* residual, T* y, const ACC* scale, \
-                                                           const ACC* shift, long long total, long long channels, \
-                                                           long long inner, int has_residual, int relu) { \
-        bn_forward_grid<T>(x, residual, y, scale, shift, total, channels, inner, has_residual, relu); \
+    extern "C" __global__ void minires_bn_forward_##SUFFIX(const T* x, const T* residual, T* y, const ACC* mean, \
+                                                           const ACC* scale, const ACC* bias, long long total, \
+                                                           long long channels, long long inner, int has_residual, int relu) { \
+        bn_forward_grid<T>(x, residual, y, mean, scale, bias, total, channels, inner, has_residual, relu); \
     } \
     extern "C" __global__ void minires_bn_backward_##SUFFIX(const T* g, const T* x, T* dx, const ACC* mean, const ACC* k, \
                                                             const ACC* mean_g, const ACC* proj, long long total, \
