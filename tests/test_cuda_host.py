@@ -22,6 +22,7 @@ import minires.testing as mt
 from minires.backend import to_device, to_numpy
 from minires.ops import conv
 from minires.ops.cuda import launch, sources
+from minires.ops.geometry import Window2d, output_length
 
 DTYPES = [name for name, *_ in sources.DTYPES]
 TOLERANCE = {"float16": dict(rtol=2e-3, atol=2e-3), "float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-12)}
@@ -36,14 +37,14 @@ grids = st.tuples(st.integers(1, 4), st.integers(1, 9))  # (blocks, threads): sm
 
 
 @st.composite
-def conv_geometries(draw: st.DrawFn) -> tuple[tuple[int, int, int, int], tuple, tuple, tuple, tuple]:
-    """(input shape, kernel, stride, (top, bottom, left, right) pads, dilation), valid by construction;
-    the bottom/right pads may exceed the top/left ones (uneven "same" padding)."""
+def conv_geometries(draw: st.DrawFn) -> tuple[tuple[int, int, int, int], Window2d]:
+    """(input shape, window), valid by construction; the bottom/right pads may exceed the top/left ones
+    (uneven "same" padding)."""
     cfg = draw(mt.conv_configs(max_batch=3, max_channels=5, max_groups=1, max_size=9, max_kernel=4, max_dilation=3))
     extra = draw(st.tuples(st.integers(0, 1), st.integers(0, 1)))
     (ph, pw) = cfg.padding
     pads = (ph, ph + extra[0], pw, pw + extra[1])
-    return cfg.input_shape, cfg.kernel_size, cfg.stride, pads, cfg.dilation
+    return cfg.input_shape, Window2d(cfg.input_shape[2:], cfg.kernel_size, cfg.stride, pads, cfg.dilation)
 
 
 def _upload(a: np.ndarray, channels_last: bool = False):
@@ -53,22 +54,21 @@ def _upload(a: np.ndarray, channels_last: bool = False):
 
 @given(geometry=conv_geometries(), dtype=st.sampled_from(DTYPES), grid=grids, channels_last=st.booleans(), seed=st.integers(0, 2**16))
 def test_im2col_kernel_matches_numpy(geometry, dtype, grid, channels_last, seed) -> None:
-    shape, kernel, stride, pads, dilation = geometry
+    shape, window = geometry
     x = np.random.default_rng(seed).normal(size=shape).astype(dtype)
-    out_size = conv._output_size("im2col", shape[2:], kernel, stride, pads, dilation)
     with host_kernels(HostLauncher(*grid)):
-        cols = to_numpy(launch.im2col(_upload(x, channels_last), kernel, stride, pads, dilation, out_size))
-    np.testing.assert_array_equal(cols, conv._im2col(x, kernel, stride, pads, dilation))
+        cols = to_numpy(launch.im2col(_upload(x, channels_last), window))
+    np.testing.assert_array_equal(cols, conv._im2col(x, window))
 
 
 @given(geometry=conv_geometries(), dtype=st.sampled_from(DTYPES), grid=grids, seed=st.integers(0, 2**16))
 def test_col2im_kernel_matches_numpy(geometry, dtype, grid, seed) -> None:
-    shape, kernel, stride, pads, dilation = geometry
-    oh, ow = conv._output_size("col2im", shape[2:], kernel, stride, pads, dilation)
-    cols = np.random.default_rng(seed).normal(size=(shape[0] * oh * ow, kernel[0] * kernel[1] * shape[1])).astype(dtype)
+    shape, window = geometry
+    (oh, ow), (kh, kw) = window.output_size, window.kernel
+    cols = np.random.default_rng(seed).normal(size=(shape[0] * oh * ow, kh * kw * shape[1])).astype(dtype)
     with host_kernels(HostLauncher(*grid)):
-        img = to_numpy(launch.col2im(_upload(cols), shape, kernel, stride, pads, dilation, (oh, ow)))
-    want = conv._col2im(cols.astype(np.float64), shape, kernel, stride, pads, dilation)
+        img = to_numpy(launch.col2im(_upload(cols), shape, window))
+    want = conv._col2im(cols.astype(np.float64), shape, window)
     np.testing.assert_allclose(img.astype(np.float64), want, **TOLERANCE[dtype])
 
 
@@ -181,15 +181,14 @@ def _params(values) -> ctypes.Array:
 @st.composite
 def big_geometries(draw: st.DrawFn) -> tuple[int, ...]:
     """Geometry (C, H, W, oH, oW, kH, kW, sH, sW, pT, pL, dH, dW) whose column count N*oH*oW*kH*kW*C is
-    past 2^31, and an N; the output sizes follow from PyTorch's rule."""
+    past 2^31, and an N; the output sizes come from the geometry module."""
     c = draw(st.integers(64, 2048))
     h, w = draw(st.integers(500, 4000)), draw(st.integers(500, 4000))
     kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     pt, pl = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-    oh = (h + 2 * pt - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pl - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = output_length(h, kh, sh, pt, pt, dh), output_length(w, kw, sw, pl, pl, dw)
     n = 2**31 // (oh * ow * kh * kw * c) + draw(st.integers(1, 64))  # enough images to pass 2^31 columns
     return (n, c, h, w, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw)
 

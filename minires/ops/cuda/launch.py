@@ -8,9 +8,9 @@ their pretend device (``tests/cuda_host.py``: the same source built with g++), s
 this line also runs on the CPU.
 
 The wrappers (:func:`im2col`, :func:`col2im`, :func:`bn_forward`, :func:`bn_backward`) allocate the
-output with the input's array module, prepare the arguments and launch; they take output sizes from
-their callers (the ops own the geometry) and never decide whether a fast kernel should run: that is
-:func:`minires.ops.cuda.use_fast_kernels`.
+output with the input's array module, prepare the arguments and launch; window sizes come from
+:class:`minires.ops.geometry.Window2d` (the one home of that arithmetic). They never decide whether a
+fast kernel should run: that is :func:`minires.ops.cuda.use_fast_kernels`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from minires.backend import device_of, xp_of
 from minires.ops.cuda.sources import KERNELS, suffix_of
+from minires.ops.geometry import Window2d
 
 
 class Launcher(Protocol):
@@ -112,37 +113,31 @@ def _launch(family: str, prefix: str, dtype: Any, total: int, args: tuple[Any, .
     _LAUNCHERS[device](family, entry, total, args)
 
 
-def _geometry(c: int, h: int, w: int, out_size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
-              pads: tuple[int, int, int, int], dilation: tuple[int, int]) -> tuple[np.int64, ...]:
+def _geometry(channels: int, window: Window2d) -> tuple[np.int64, ...]:
     """The 13 ``long long`` geometry arguments (C, H, W, oH, oW, kH, kW, sH, sW, pT, pL, dH, dW)."""
-    values = (c, h, w, *out_size, *kernel, *stride, pads[0], pads[2], *dilation)
+    values = (channels, *window.input_size, *window.output_size, *window.kernel, *window.stride, *window.pad_before, *window.dilation)
     return tuple(np.int64(v) for v in values)
 
 
-def im2col(x: Any, kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int],
-           dilation: tuple[int, int], out_size: tuple[int, int]) -> Any:
-    """(N, C, H, W) -> (N*oH*oW, kH*kW*C), the layout of :func:`minires.ops.conv.im2col`.
-
-    ``pads`` is (top, bottom, left, right); ``out_size`` (oH, oW) comes from the op's geometry.
-    """
+def im2col(x: Any, window: Window2d) -> Any:
+    """(N, C, H, W) -> (N*oH*oW, kH*kW*C), the layout of :func:`minires.ops.conv.im2col`, over a checked window."""
     xp = xp_of(x)
-    n, c, h, w = x.shape
-    (kh, kw), (oh, ow) = kernel, out_size
+    n, c = x.shape[:2]
+    (kh, kw), (oh, ow) = window.kernel, window.output_size
     nhwc = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))  # no copy when x is channels-last already
     cols = xp.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
-    args = (nhwc, cols, np.int64(cols.size)) + _geometry(c, h, w, out_size, kernel, stride, pads, dilation)
+    args = (nhwc, cols, np.int64(cols.size)) + _geometry(c, window)
     _launch("im2col", "minires_im2col", x.dtype, cols.size, args, device_of(x))
     return cols
 
 
-def col2im(cols: Any, input_shape: tuple[int, int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
-           pads: tuple[int, int, int, int], dilation: tuple[int, int], out_size: tuple[int, int]) -> Any:
+def col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
     """(N*oH*oW, kH*kW*C) -> (N, C, H, W) as a channels-last view, as :func:`minires.ops.conv.col2im`."""
     xp = xp_of(cols)
     n, c, h, w = input_shape
     cols = xp.ascontiguousarray(cols)
     img = xp.empty((n, h, w, c), dtype=cols.dtype)
-    args = (cols, img, np.int64(img.size)) + _geometry(c, h, w, out_size, kernel, stride, pads, dilation)
+    args = (cols, img, np.int64(img.size)) + _geometry(c, window)
     _launch("col2im", "minires_col2im", cols.dtype, img.size, args, device_of(cols))
     return img.transpose(0, 3, 1, 2)
 

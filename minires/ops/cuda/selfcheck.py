@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from minires.backend import to_device, to_numpy
+from minires.ops.geometry import Window2d
 
 # Tolerances of a fast kernel against the generic path, by dtype (they sum in different orders).
 _TOLERANCE = {"float16": (1e-2, 1e-2), "float32": (1e-5, 1e-5), "float64": (1e-12, 1e-12)}
@@ -46,18 +47,18 @@ def _sample(device: str, dtype: str, shape: tuple[int, ...], seed: int) -> Any:
     return to_device(host, device)
 
 
-_CONV_CASE = dict(kernel=(3, 2), stride=(2, 1), pads=(1, 0, 2, 1), dilation=(1, 2))
+# A small case with every feature: a rectangular kernel, unequal strides, uneven padding, dilation.
+_WINDOW = Window2d((7, 6), kernel=(3, 2), stride=(2, 1), padding=(1, 0, 2, 1), dilation=(1, 2), op="self-check")
 
 
 def _check_im2col(dtype: str, device: str) -> None:
     from minires.ops import conv
     from minires.ops.cuda import fast_kernels_off, launch
 
-    x = _sample(device, dtype, (2, 3, 7, 6), 0)
-    out_size = conv._output_size("im2col", (7, 6), **_CONV_CASE)
-    fast = launch.im2col(x, out_size=out_size, **_CONV_CASE)
+    x = _sample(device, dtype, (2, 3, *_WINDOW.input_size), 0)
+    fast = launch.im2col(x, _WINDOW)
     with fast_kernels_off():
-        reference = conv._im2col(x, **_CONV_CASE)
+        reference = conv._im2col(x, _WINDOW)
     _compare("im2col", fast, reference, dtype, exact=True)
 
 
@@ -65,12 +66,12 @@ def _check_col2im(dtype: str, device: str) -> None:
     from minires.ops import conv
     from minires.ops.cuda import fast_kernels_off, launch
 
-    shape = (2, 3, 7, 6)
-    oh, ow = conv._output_size("col2im", shape[2:], **_CONV_CASE)
-    cols = _sample(device, dtype, (2 * oh * ow, 3 * 2 * 3), 1)
-    fast = launch.col2im(cols, shape, out_size=(oh, ow), **_CONV_CASE)
+    shape = (2, 3, *_WINDOW.input_size)
+    oh, ow = _WINDOW.output_size
+    cols = _sample(device, dtype, (2 * oh * ow, 3 * 3 * 2), 1)
+    fast = launch.col2im(cols, shape, _WINDOW)
     with fast_kernels_off():
-        reference = conv._col2im(cols, shape, **_CONV_CASE)
+        reference = conv._col2im(cols, shape, _WINDOW)
     _compare("col2im", fast, reference, dtype)
 
 
