@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.device, pytest.mark.skipif(not mr.cuda.is_available(),
 
 @pytest.fixture
 def generic():
-    """Run the block with fast kernels off (the generic reference on the GPU)."""
-    return fast_kernels_off()
+    """``with generic():`` runs the block with fast kernels off (the generic reference on the GPU)."""
+    return fast_kernels_off
 
 
 CASES = [  # (N, C, H, W), kernel, stride, padding, dilation
@@ -37,12 +37,12 @@ def test_im2col_col2im_kernels_match_reference(shape, k, s, p, d, dtype, generic
     x = cupy.asarray(np.random.default_rng(0).normal(size=shape).astype(dtype))
     assert use_fast_kernels(x, "im2col") and use_fast_kernels(x, "col2im"), selfcheck.results()
     fast_cols = conv.im2col(x, k, s, p, d)
-    with generic:
+    with generic():
         ref_cols = conv.im2col(x, k, s, p, d)
     cupy.testing.assert_array_equal(fast_cols, ref_cols)
     g = cupy.asarray(np.random.default_rng(1).normal(size=ref_cols.shape).astype(dtype))
     fast_img = conv.col2im(g, shape, k, s, p, d)
-    with generic:
+    with generic():
         ref_img = conv.col2im(g, shape, k, s, p, d)
     cupy.testing.assert_allclose(fast_img, ref_img, rtol=1e-6 if dtype == np.float32 else 1e-12, atol=1e-6)
     again = conv.col2im(g, shape, k, s, p, d)
@@ -83,3 +83,51 @@ def test_tf32_switch_keeps_float32_gemm_close() -> None:
     finally:
         mr.cuda.set_tf32(False)
     np.testing.assert_allclose(cupy.asnumpy(a @ a), exact, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_add_relu_matches_the_generic_gpu_path(dtype, training, generic) -> None:
+    import minires.nn.functional as F
+
+    rng = np.random.default_rng(5)
+    arrays = [rng.normal(size=(4, 6, 5, 5)).astype(dtype) for _ in range(3)]
+    w, b, rm, rv = (rng.uniform(0.5, 1.5, size=6).astype(dtype) for _ in range(4))
+
+    def run() -> list[np.ndarray]:
+        x, r = (mr.tensor(a, device="cuda", requires_grad=True) for a in arrays[:2])
+        wt, bt = (mr.tensor(a, device="cuda", requires_grad=True) for a in (w, b))
+        stats = [mr.tensor(a.copy(), device="cuda") for a in (rm, rv)]
+        y = F.batch_norm_add_relu(x, r, *stats, wt, bt, training=training)
+        (y * mr.tensor(arrays[2], device="cuda")).sum().backward()
+        return [y.numpy(), x.grad.numpy(), r.grad.numpy(), wt.grad.numpy(), bt.grad.numpy(), *(s.numpy() for s in stats)]
+
+    fast = run()
+    with generic():
+        reference = run()
+    tol = {np.float16: dict(rtol=2e-2, atol=2e-2), np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10)}[dtype]
+    for a, e in zip(fast, reference):
+        np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64), **tol)
+
+
+def test_resnet20_step_with_and_without_fast_kernels_agree(generic) -> None:
+    import copy
+
+    import minires.nn.functional as F
+    from minires.models import resnet20
+
+    mr.manual_seed(0)
+    model = resnet20().to("cuda", dtype=np.float64)
+    x = mr.tensor(np.random.default_rng(6).normal(size=(4, 3, 32, 32)), device="cuda")
+    y = mr.tensor(np.arange(4) % 10, device="cuda")
+
+    def step(m) -> list[np.ndarray]:
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        return [loss.numpy()] + [p.grad.numpy() for p in m.parameters()]
+
+    fast = step(copy.deepcopy(model))
+    with generic():
+        reference = step(copy.deepcopy(model))
+    for a, e in zip(fast, reference):
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-11)
