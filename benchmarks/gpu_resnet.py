@@ -94,22 +94,15 @@ def _torch_resnet20() -> Any:
 def _torch_step_rate(model_name: str, batch: int, mixed: bool, steps: int, warmup: int) -> tuple[float, float] | None:
     try:
         import torch
-        if model_name == "resnet18":
-            from torchvision.models import resnet18
-    except ImportError:  # no torch, or no torchvision for ResNet-18 (ResNet-20 is defined here)
+    except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
     import torch.nn as tnn
+    from conv_layers import torch_resnet18_cifar  # benchmarks/ is on sys.path when this script runs
 
     torch.backends.cudnn.benchmark = True
-    if model_name == "resnet18":
-        model = resnet18(num_classes=10)
-        model.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem: 3x3 conv, no max-pool
-        model.maxpool = tnn.Identity()
-    else:
-        model = _torch_resnet20()
-    model = model.cuda()
+    model = (torch_resnet18_cifar(torch) if model_name == "resnet18" else _torch_resnet20()).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=mixed)
     x = torch.randn(batch, 3, 32, 32, device="cuda")
