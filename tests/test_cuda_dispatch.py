@@ -151,3 +151,32 @@ def test_a_hook_on_the_add_keeps_the_unfused_path() -> None:
         assert BasicBlock(2, 2).to("foreign")._fused_tail(x)
     assert seen == [((2, 2, 4, 4), (2, 2, 4, 4))]
     assert not BasicBlock(2, 2)._fused_tail(mr.randn(1, 2, 4, 4))  # numpy arrays: the generic path
+
+
+def test_cupy_launcher_compiles_each_family_once_and_launches_a_capped_grid(monkeypatch) -> None:
+    """The GPU launcher against a fake ``cupy`` module: what it compiles, with which options, and the grid."""
+    import sys
+    import types
+
+    from minires.ops.cuda import launch, sources
+
+    compiled, launched = [], []
+
+    class FakeRawModule:
+        def __init__(self, code: str, options: tuple[str, ...]) -> None:
+            compiled.append((code, options))
+
+        def get_function(self, name: str):
+            return lambda grid, block, args: launched.append((name, grid, block, len(args)))
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=FakeRawModule))
+    launcher = launch.CupyLauncher()
+    launcher("batch_norm", "minires_bn_forward_f32", 1000, (0,) * 11)
+    launcher("batch_norm", "minires_bn_backward_f32", 10**9, (0,) * 10)
+    launcher("im2col", "minires_im2col_f16", 1, (0,) * 16)
+    assert compiled == [(sources.BATCH_NORM, launch.RAW_MODULE_OPTIONS), (sources.IM2COL, launch.RAW_MODULE_OPTIONS)]
+    assert launched == [
+        ("minires_bn_forward_f32", (4,), (256,), 11),  # ceil(1000 / 256) blocks
+        ("minires_bn_backward_f32", (launch.MAX_BLOCKS,), (256,), 10),  # capped: the threads stride
+        ("minires_im2col_f16", (1,), (256,), 16),
+    ]

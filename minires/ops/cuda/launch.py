@@ -29,6 +29,10 @@ class Launcher(Protocol):
     def __call__(self, family: str, entry: str, total: int, args: tuple[Any, ...]) -> None: ...
 
 
+RAW_MODULE_OPTIONS = ("-std=c++14",)
+# What cupy.RawModule adds to those before NVRTC runs (CuPy 13/14, without jitify), besides -arch.
+CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096  # a grid-stride loop covers any size; more blocks than the GPU holds buy nothing
 
@@ -50,7 +54,7 @@ class CupyLauncher:
             import cupy
 
             source, _ = KERNELS[family]
-            self._modules[family] = cupy.RawModule(code=source, options=("-std=c++14",))
+            self._modules[family] = cupy.RawModule(code=source, options=RAW_MODULE_OPTIONS)
         return self._modules[family]
 
     def __call__(self, family: str, entry: str, total: int, args: tuple[Any, ...]) -> None:
@@ -69,7 +73,8 @@ def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str:
     """Compile a family's source (or ``source``) to PTX for a virtual architecture such as "compute_90".
 
     Calls NVRTC directly (``cupy.cuda.nvrtc``), which needs neither a GPU nor a driver: this is how CI
-    checks every kernel. Raises :class:`KernelCompileError` with NVRTC's log when the source is rejected.
+    checks every kernel, with the options ``cupy.RawModule`` uses on a GPU. Raises
+    :class:`KernelCompileError` with NVRTC's log when the source is rejected.
     """
     from cupy.cuda import nvrtc
 
@@ -77,7 +82,7 @@ def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str:
     program = nvrtc.createProgram(text, f"minires_{family}.cu", [], [])
     try:
         try:
-            nvrtc.compileProgram(program, [f"-arch={arch}", "-std=c++14"])
+            nvrtc.compileProgram(program, [*RAW_MODULE_OPTIONS, *CUPY_ADDED_OPTIONS, f"-arch={arch}"])
         except nvrtc.NVRTCError as exc:
             log = nvrtc.getProgramLog(program)
             raise KernelCompileError(f"NVRTC ({arch}) rejected the {family!r} kernels: {exc}\n{log}") from None
