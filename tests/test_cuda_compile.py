@@ -81,3 +81,15 @@ def test_cupy_without_a_gpu_leaves_import_and_the_cpu_path_alone() -> None:
     assert available == (gpus > 0)
     # 3 output channels x 2 input channels x the in-bounds taps over a 5x5 image: (4 + 5 + 4) ** 2
     assert float(out[2]) == 3 * 2 * 13**2
+
+
+def test_a_missing_toolchain_fails_in_ci_and_skips_elsewhere(monkeypatch) -> None:
+    import kernel_toolchains
+
+    monkeypatch.setitem(sys.modules, "cupy.cuda", None)  # as if CuPy (and so NVRTC) could not be imported
+    monkeypatch.setattr(kernel_toolchains, "REQUIRED", True)
+    with pytest.raises(pytest.fail.Exception, match="MINIRES_REQUIRE_KERNEL_CHECKS=1 but NVRTC is not available"):
+        kernel_toolchains.require_nvrtc()
+    monkeypatch.setattr(kernel_toolchains, "REQUIRED", False)
+    with pytest.raises(pytest.skip.Exception, match="NVRTC is not available"):
+        kernel_toolchains.require_nvrtc()
