@@ -3,7 +3,7 @@
 A small shim (:data:`SHIM`) makes CUDA C++ host C++: it defines ``__global__``/``__device__`` away,
 declares ``blockIdx``/``threadIdx``/``blockDim``/``gridDim`` as globals, and converts float16 through
 g++'s ``_Float16``. :func:`build` compiles shim + kernel source (+ optional test wrappers) into a shared
-library, cached per test session under a temp directory and keyed by a hash of the text, and loads it
+library, cached per test session in a temp folder (removed at exit) keyed by a hash of the text, and loads it
 with ctypes. :class:`HostLauncher` runs a kernel's grid as two loops (blocks, then threads), one thread
 after the other: faithful because every kernel is per-element (grid-stride loop, no shared memory,
 no barriers, no atomics). A small grid (default 3 blocks of 5 threads) makes each thread stride.
@@ -14,6 +14,7 @@ wrappers and self-check run end to end on the CPU.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import hashlib
@@ -76,6 +77,7 @@ def build(source: str, wrappers: str = "") -> ctypes.CDLL:
         return _LIBRARIES[key]
     if _BUILD_DIR is None:
         _BUILD_DIR = tempfile.mkdtemp(prefix="minires-cuda-host-")
+        atexit.register(shutil.rmtree, _BUILD_DIR, ignore_errors=True)  # one build folder per test session
     path = os.path.join(_BUILD_DIR, f"kernels-{key}.so")
     if not os.path.exists(path):
         cmd = [CXX, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-x", "c++", "-", "-o", path]
