@@ -1,8 +1,9 @@
 """Every CUDA kernel compiles with NVRTC, for each dtype and two GPU generations, on a machine without a GPU.
 
-NVRTC turns CUDA C++ into PTX with no driver and no device, so a typo or a type error in a kernel fails
-here, in CI, instead of on the first GPU user's machine. compute_75 (Turing) and compute_90 (Hopper)
-bracket the GPUs minires targets.
+NVRTC turns CUDA C++ into PTX (and, for a real architecture, into a CUBIN through its built-in ptxas) with
+no driver and no device, so a typo, a type error or bad inline assembly in a kernel fails here, in CI,
+instead of on the first GPU user's machine. compute_75 / sm_75 (Turing) and compute_90 / sm_90 (Hopper)
+bracket the GPUs minires targets; CuPy itself compiles for the GPU's sm_XX.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from kernel_toolchains import require_nvrtc
 from minires.ops.cuda import sources
 from minires.ops.cuda.launch import KernelCompileError, nvrtc_compile
 
-ARCHS = ("compute_75", "compute_90")
+ARCHS = ("compute_75", "compute_90", "sm_75", "sm_90")
 
 
 @functools.cache
-def _ptx(family: str, arch: str) -> str:
+def _compiled(family: str, arch: str) -> str | bytes:
     return nvrtc_compile(family, arch)
 
 
@@ -31,13 +32,18 @@ def _ptx(family: str, arch: str) -> str:
 @pytest.mark.parametrize("family", sorted(sources.KERNELS))
 def test_kernel_compiles_with_nvrtc(family: str, dtype: str, arch: str) -> None:
     require_nvrtc()
-    ptx = _ptx(family, arch)
-    assert f".target sm_{arch.split('_')[1]}" in ptx
+    out = _compiled(family, arch)
     suffix = sources.suffix_of(dtype)
     entries = [e for e in sources.entry_points(family) if e.endswith("_" + suffix)]
     assert entries
+    if arch.startswith("sm_"):  # an ELF CUBIN whose symbol table names each extern "C" kernel
+        assert out[:4] == b"\x7fELF"
+        for entry in entries:
+            assert entry.encode() + b"\x00" in out, f"{entry} missing from the CUBIN for {arch}"
+        return
+    assert f".target sm_{arch.split('_')[1]}" in out
     for entry in entries:  # an extern "C" kernel keeps its name: a .entry of that name is in the PTX
-        assert re.search(rf"\.entry\s+{entry}\s*\(", ptx), f"{entry} missing from the PTX for {arch}"
+        assert re.search(rf"\.entry\s+{entry}\s*\(", out), f"{entry} missing from the PTX for {arch}"
 
 
 @pytest.mark.parametrize(
@@ -55,6 +61,16 @@ def test_nvrtc_rejects_a_broken_kernel_with_its_log(break_it) -> None:
     assert broken != sources.IM2COL
     with pytest.raises(KernelCompileError, match=r"minires_im2col\.cu\(\d+\): error"):
         nvrtc_compile("im2col", "compute_90", source=broken)
+
+
+def test_bad_inline_assembly_is_caught_by_the_real_architecture_build() -> None:
+    """PTX for a virtual architecture carries inline asm unchecked; building for sm_XX runs ptxas over it."""
+    require_nvrtc()
+    broken = sources.BATCH_NORM.replace("cvt.rn.f16.f32", "cvt.rn.f16.f99")
+    assert broken != sources.BATCH_NORM
+    assert nvrtc_compile("batch_norm", "compute_90", source=broken)  # the front end does not look inside asm
+    with pytest.raises(KernelCompileError, match="ptxas .*Unknown modifier '.f99'"):
+        nvrtc_compile("batch_norm", "sm_90", source=broken)
 
 
 _NO_DRIVER_SCRIPT = """

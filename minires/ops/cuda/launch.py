@@ -69,8 +69,10 @@ class KernelCompileError(RuntimeError):
     """NVRTC rejected a kernel source; the message carries the compiler's log."""
 
 
-def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str:
-    """Compile a family's source (or ``source``) to PTX for a virtual architecture such as "compute_90".
+def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str | bytes:
+    """Compile a family's source (or ``source``) with NVRTC: PTX text for a virtual architecture
+    ("compute_90"), a CUBIN (bytes) for a real one ("sm_90", which also runs ptxas over the PTX, so
+    inline assembly is checked too).
 
     Calls NVRTC directly (``cupy.cuda.nvrtc``), which needs neither a GPU nor a driver: this is how CI
     checks every kernel, with the options ``cupy.RawModule`` uses on a GPU. Raises
@@ -86,6 +88,8 @@ def nvrtc_compile(family: str, arch: str, source: str | None = None) -> str:
         except nvrtc.NVRTCError as exc:
             log = nvrtc.getProgramLog(program)
             raise KernelCompileError(f"NVRTC ({arch}) rejected the {family!r} kernels: {exc}\n{log}") from None
+        if arch.startswith("sm_"):
+            return bytes(nvrtc.getCUBIN(program))
         ptx = nvrtc.getPTX(program)
     finally:
         nvrtc.destroyProgram(program)
