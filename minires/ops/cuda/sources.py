@@ -5,7 +5,7 @@ Each kernel family is one source string: ``PRELUDE`` (types and thread indexing)
 ``..._f64``). The same text is compiled three ways:
 
 * by NVRTC for the GPU at first use (:mod:`minires.ops.cuda.launch`, through ``cupy.RawModule``);
-* by NVRTC in CI for compute_75 and compute_90, without a GPU (``tests/test_cuda_compile.py``);
+* by NVRTC in CI, to PTX for compute_75/compute_90 and to sm_75/sm_90 CUBINs, without a GPU (``tests/test_cuda_compile.py``);
 * by g++ for the host, through the shim in ``tests/cuda_host.py`` that defines ``blockIdx``/``threadIdx``
   and runs the grid as loops, so the index arithmetic is tested against NumPy on every run.
 
