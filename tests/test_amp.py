@@ -125,7 +125,8 @@ def test_misuse_is_refused(device: str) -> None:
     with pytest.raises(ValueError, match="backoff_factor"):
         amp.GradScaler(backoff_factor=2.0)
     off = amp.GradScaler(enabled=False)
-    assert off.scale(w.sum()) is not None and off.get_scale() == 1.0 and off.state_dict() == {}
+    loss = w.sum()
+    assert off.scale(loss) is loss and off.get_scale() == 1.0 and off.state_dict() == {} and not off.is_enabled()
 
 
 def test_autocast_runs_gemms_in_float16_with_float32_master_grads(device: str) -> None:
