@@ -94,4 +94,6 @@ def test_torchvision_nets_match_pytorch(name: str) -> None:
 def test_torchvision_variants_with_cifar_stem_match_pytorch(name: str, variant: str) -> None:
     kwargs = VARIANTS[variant]
     tmodel = torch_resnet.torchvision_style(name, stem="cifar", **kwargs)
-    compare(tmodel, getattr(models, name)(num_classes=10, stem="cifar", **kwargs), size=8, batch=4)  # layer4 is 1x1: see above
+    # 16x16: layer4 is 2x2, so with a batch of 4 its BatchNorms see 16 values a channel (a 1x1 last stage leaves
+    # the 50-layer plain net, whose gradients grow to ~1e6, too ill-conditioned to compare at these tolerances)
+    compare(tmodel, getattr(models, name)(num_classes=10, stem="cifar", **kwargs), size=16, batch=4)
