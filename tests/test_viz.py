@@ -17,6 +17,7 @@ from minires.viz import (
     GraphvizNotFoundWarning,
     SkipProbe,
     format_skip_table,
+    param_names,
     plot_gradient_flow,
     render,
     to_dot,
@@ -250,3 +251,15 @@ def test_skip_table_footnote_names_the_shortcut_that_reads_the_preactivation() -
     assert "layer2.0*" in text and "layer1.0*" not in text
     footnote = text.splitlines()[-1]
     assert footnote.startswith("*") and "option A" in footnote and "projection" not in footnote
+
+
+def test_param_names_from_a_module_and_from_a_mapping() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    names = param_names(model)
+    assert names == {id(p): name for name, p in [("0.weight", model[0].weight), ("0.bias", model[0].bias),
+                                                  ("2.weight", model[2].weight), ("2.bias", model[2].bias)]}
+    w = mr.randn(2, 2)
+    assert param_names({"w": w}) == {id(w): "w"}
+    assert param_names(None) == {}
+    with pytest.raises(TypeError, match="must be a Module or a"):
+        param_names([w])
