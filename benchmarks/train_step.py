@@ -354,6 +354,7 @@ def bench(net: str, steps: int, warmup: int, torch: Any, gemm: float, with_break
         print(f"  minires / torch throughput: {t_t / t_mr:.2f}   (per-step ratios: {per_step})")
         result["ratio"] = t_t / t_mr
     if with_breakdown:
+
         def zero_grad() -> None:
             opt.zero_grad()
 
