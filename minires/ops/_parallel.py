@@ -54,7 +54,9 @@ def chunk_size(n: int, sample_bytes: int, target_bytes: int) -> int:
     return max(1, min(-(-n // threads()), target_bytes // max(sample_bytes, 1)))
 
 
-def over_batch(xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], Any], target_bytes: int, blas: bool = False) -> list[Any]:
+def over_batch(
+    xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], Any], target_bytes: int, blas: bool = False
+) -> list[Any]:
     """Run ``work(start, stop)`` over chunks of the batch axis and return the results in order.
 
     ``sample_bytes`` is the size of one sample's working set, ``target_bytes`` that of a chunk.

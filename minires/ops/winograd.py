@@ -61,29 +61,32 @@ def _tiles(size: int) -> int:
     return -(-size // 2)
 
 
+def _g_times(xp: Any, k: Any) -> Any:
+    """``G @ k`` along axis 0: 3 kernel rows -> 4, ``[k0, (k0 + k1 + k2)/2, (k0 - k1 + k2)/2, k2]``."""
+    half = k.dtype.type(0.5)
+    return xp.stack([k[0], half * (k[0] + k[1] + k[2]), half * (k[0] - k[1] + k[2]), k[2]])
+
+
+def _gt_times(xp: Any, d: Any) -> Any:
+    """``G^T @ d`` along axis 0: 4 rows -> 3, ``[d0 + (d1 + d2)/2, (d1 - d2)/2, (d1 + d2)/2 + d3]``."""
+    half = d.dtype.type(0.5)
+    return xp.stack([d[0] + half * (d[1] + d[2]), half * (d[1] - d[2]), half * (d[1] + d[2]) + d[3]])
+
+
 def weight_transform(w: Any) -> Any:
     """``U[a, b] = (G g G^T)[a, b]``: (O, C, 3, 3) -> (16, C, O), in w's dtype."""
     xp = xp_of(w)
     g = w.transpose(2, 3, 1, 0)  # (3, 3, C, O)
-    half = w.dtype.type(0.5)
-    # G applied along the kernel rows: rows 0..3 of G g
-    rows = xp.stack([g[0], half * (g[0] + g[1] + g[2]), half * (g[0] - g[1] + g[2]), g[2]])  # (4, 3, C, O)
-    cols = xp.stack([rows[:, 0], half * (rows[:, 0] + rows[:, 1] + rows[:, 2]), half * (rows[:, 0] - rows[:, 1] + rows[:, 2]), rows[:, 2]], axis=1)
-    return xp.ascontiguousarray(cols.reshape(16, *cols.shape[2:]))
+    u = _g_times(xp, _g_times(xp, g).swapaxes(0, 1)).swapaxes(0, 1)  # G g, then (G g) G^T: (4, 4, C, O)
+    return xp.ascontiguousarray(u.reshape(16, *u.shape[2:]))
 
 
 def weight_transform_adjoint(du: Any) -> Any:
     """``dg = G^T dU G``: (16, C, O) -> (O, C, 3, 3), the gradient through :func:`weight_transform`."""
     xp = xp_of(du)
     d = du.reshape(4, 4, *du.shape[1:])
-    half = du.dtype.type(0.5)
-    # G^T along the rows: [d0 + (d1 + d2)/2, (d1 - d2)/2, (d1 + d2)/2 + d3]
-    rows = xp.stack([d[0] + half * (d[1] + d[2]), half * (d[1] - d[2]), half * (d[1] + d[2]) + d[3]])  # (3, 4, C, O)
-    cols = xp.stack(
-        [rows[:, 0] + half * (rows[:, 1] + rows[:, 2]), half * (rows[:, 1] - rows[:, 2]), half * (rows[:, 1] + rows[:, 2]) + rows[:, 3]],
-        axis=1,
-    )  # (3, 3, C, O)
-    return xp.ascontiguousarray(cols.transpose(3, 2, 0, 1))
+    g = _gt_times(xp, _gt_times(xp, d).swapaxes(0, 1)).swapaxes(0, 1)  # (3, 3, C, O)
+    return xp.ascontiguousarray(g.transpose(3, 2, 0, 1))
 
 
 def _padded_chunk(nhwc: Any, a: int, b: int, pads: Pads, out_hw: tuple[int, int]) -> Any:
@@ -162,6 +165,12 @@ def output_transform_adjoint(padded_grad: Any) -> Any:
     return z.reshape(16, n * th * tw, o)
 
 
+def _chunk_target(weight_bytes: int) -> int:
+    """Bytes of input per chunk: cache-sized, but no smaller than the transformed weights, which every
+    chunk's GEMMs read again (deep layers with few pixels and many channels get a few big chunks)."""
+    return max(_CHUNK_BYTES, weight_bytes)
+
+
 def _sample_bytes(shape: tuple[int, ...], itemsize: int, channels: int) -> int:
     return (shape[1] + 4) * (shape[2] + 4) * channels * itemsize
 
@@ -184,7 +193,7 @@ def conv3x3(x: Any, u: Any, pads: Pads) -> Any:
         v = input_transform(_padded_chunk(nhwc, a, b, pads, (oh, ow)))
         output_transform(xp.matmul(v, u), out[a:b])
 
-    over_batch(xp, n, _sample_bytes(nhwc.shape, x.dtype.itemsize, max(c, o)), work, _CHUNK_BYTES, blas=True)
+    over_batch(xp, n, _sample_bytes(nhwc.shape, x.dtype.itemsize, max(c, o)), work, _chunk_target(u.nbytes), blas=True)
     if not exact:
         out = xp.ascontiguousarray(out[:, :oh, :ow])
     return out.transpose(0, 3, 1, 2)
@@ -222,7 +231,8 @@ def conv3x3_weight_grad(x: Any, grad: Any, pads: Pads) -> Any:
             gpad[:, :oh, :ow] = g_nhwc[a:b]
         return xp.matmul(v.transpose(0, 2, 1), output_transform_adjoint(gpad))  # (16, C, O)
 
-    parts = over_batch(xp, n, _sample_bytes(nhwc.shape, x.dtype.itemsize, max(c, o)), work, _CHUNK_BYTES, blas=True)
+    target = _chunk_target(16 * c * o * x.dtype.itemsize)
+    parts = over_batch(xp, n, _sample_bytes(nhwc.shape, x.dtype.itemsize, max(c, o)), work, target, blas=True)
     du = parts[0]
     for p in parts[1:]:
         du += p
