@@ -15,26 +15,30 @@ import minires as mr
 from minires import backends
 from minires.backend import to_numpy
 from minires.ops import winograd
-from minires.ops.conv import Conv2d, conv2d
+from minires.ops.conv import conv2d
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None)
 
 
 @st.composite
-def winograd_cases(draw: st.DrawFn, max_size: int = 9, max_channels: int = 5) -> tuple:
-    """(N, C, O, H, W, pads) for a 3x3 stride-1 conv Winograd computes: asymmetric pads 0..2, odd/even outputs."""
-    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+def winograd_cases(draw: st.DrawFn, max_size: int = 9, max_channels: int = 5, symmetric: bool = False) -> tuple:
+    """(N, C, O, H, W, pads) for a 3x3 stride-1 conv Winograd computes: pads 0..2 (top, bottom, left, right), odd/even outputs."""
+    if symmetric:
+        ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+        pads = (ph, ph, pw, pw)
+    else:
+        pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
     h = draw(st.integers(max(1, 3 - pads[0] - pads[1]), max_size))
     w = draw(st.integers(max(1, 3 - pads[2] - pads[3]), max_size))
     return (draw(st.integers(1, 3)), draw(st.integers(1, max_channels)), draw(st.integers(1, max_channels)), h, w, pads)
 
 
-def _conv_with(algorithm: str, x, w, b, pads, device, g):
-    """Forward and all three gradients of Conv2d with ``algorithm`` forced (raw numpy results)."""
+def _conv_with(algorithm: str, x, w, b, padding, device, g):
+    """Forward and all three gradients of conv2d with ``algorithm`` forced (raw numpy results)."""
     xt, wt = mr.tensor(x, device=device, requires_grad=True), mr.tensor(w, device=device, requires_grad=True)
     bt = mr.tensor(b, device=device, requires_grad=True)
     with backends.use_conv_algorithm(algorithm):
-        y = Conv2d.apply(xt, wt, bt, (1, 1), pads, (1, 1), 1)
+        y = conv2d(xt, wt, bt, padding=padding)
         y.backward(mr.tensor(g, device=device))
     return [to_numpy(a) for a in (y.data, xt.grad.data, wt.grad.data, bt.grad.data)]
 
@@ -43,35 +47,57 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
-@settings(FIXTURE_OK, max_examples=40)
-@given(case=winograd_cases(), seed=st.integers(0, 2**16))
-def test_winograd_agrees_with_im2col(device, dtype, tol, case, seed):
+def _draw_arrays(case, dtype, seed):
     n, c, o, h, w, pads = case
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    k = rng.standard_normal((o, c, 3, 3)).astype(dtype)
-    b = rng.standard_normal(o).astype(dtype)
     oh, ow = h + pads[0] + pads[1] - 2, w + pads[2] + pads[3] - 2
-    g = rng.standard_normal((n, o, oh, ow)).astype(dtype)
-    wino = _conv_with("winograd", x, k, b, pads, device, g)
-    ref = _conv_with("im2col", x, k, b, pads, device, g)
+    return [rng.standard_normal(s).astype(dtype) for s in ((n, c, h, w), (o, c, 3, 3), (o,), (n, o, oh, ow))]
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+@settings(FIXTURE_OK, max_examples=40)
+@given(case=winograd_cases(symmetric=True), seed=st.integers(0, 2**16))
+def test_conv2d_winograd_agrees_with_im2col(device, dtype, tol, case, seed):
+    """The whole op (forward, input, weight and bias gradients) under either algorithm."""
+    x, k, b, g = _draw_arrays(case, dtype, seed)
+    padding = (case[5][0], case[5][2])
+    wino = _conv_with("winograd", x, k, b, padding, device, g)
+    ref = _conv_with("im2col", x, k, b, padding, device, g)
     for what, got, expected in zip(("output", "input grad", "weight grad", "bias grad"), wino, ref):
         assert got.dtype == dtype, what
         assert got.shape == expected.shape, what
         assert _rel_err(got, expected) <= tol, f"{what}: relative error {_rel_err(got, expected):.2e} > {tol}"
 
 
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+@settings(FIXTURE_OK, max_examples=40)
+@given(case=winograd_cases(), seed=st.integers(0, 2**16))
+def test_winograd_kernels_with_uneven_padding(dtype, tol, case, seed):
+    """The kernels with (top, bottom, left, right) padding against im2col on an explicitly padded input."""
+    x, k, _, g = _draw_arrays(case, dtype, seed)
+    pads = case[5]
+    padded = mr.tensor(np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:])), requires_grad=True)
+    kt = mr.tensor(k, requires_grad=True)
+    with backends.use_conv_algorithm("im2col"):
+        y = conv2d(padded, kt)
+        y.backward(mr.tensor(g))
+    h, w = x.shape[2:]
+    ref_dx = padded.grad.numpy()[:, :, pads[0] : pads[0] + h, pads[2] : pads[2] + w]
+    got = [winograd.conv3x3(x, winograd.weight_transform(k), pads), winograd.conv3x3_input_grad(g, k, pads)]
+    got.append(winograd.conv3x3_weight_grad(x, g, pads))
+    for what, a, expected in zip(("output", "input grad", "weight grad"), got, (y.numpy(), ref_dx, kt.grad.numpy())):
+        assert a.dtype == dtype and a.shape == expected.shape, what
+        assert _rel_err(a, expected) <= tol, f"{what}: relative error {_rel_err(a, expected):.2e} > {tol}"
+
+
 @settings(FIXTURE_OK, max_examples=15)
-@given(case=winograd_cases(max_size=5, max_channels=3), seed=st.integers(0, 2**16))
+@given(case=winograd_cases(max_size=5, max_channels=3, symmetric=True), seed=st.integers(0, 2**16))
 def test_winograd_gradcheck(device, case, seed):
-    n, c, o, h, w, pads = case
-    rng = np.random.default_rng(seed)
-    inputs = [
-        mr.tensor(a, device=device, requires_grad=True) for a in (rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, 3, 3)))
-    ]
+    x, k, b, _ = _draw_arrays(case, np.float64, seed)
+    inputs = [mr.tensor(a, device=device, requires_grad=True) for a in (x, k, b)]
+    padding = (case[5][0], case[5][2])
     with backends.use_conv_algorithm("winograd"):
-        assert mr.gradcheck(lambda a, k: Conv2d.apply(a, k, None, (1, 1), pads, (1, 1), 1), inputs)
+        assert mr.gradcheck(lambda a, kk, bb: conv2d(a, kk, bb, padding=padding), inputs)
 
 
 @settings(max_examples=20, deadline=None)
