@@ -9,9 +9,7 @@ Per channel c over the M = N * prod(spatial) values that share it::
 (:func:`update_running_stats`; running_var with the unbiased variance, as PyTorch).
 :class:`BatchNormEvalFunction` uses given statistics (the running ones), which makes the op affine in x.
 The kernels view x as (N, C, K) with K = prod(spatial) so every per-channel statistic is one
-reduction over axes (0, 2), and work in x's float dtype throughout. On the CPU, a channels-last x
-(what the convolutions produce) takes the chunked, multi-core kernels of :mod:`minires.ops.batchnorm_cpu`
-instead; the kernels here are their reference.
+reduction over axes (0, 2), and work in x's float dtype throughout.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import numpy as np
 from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops import batchnorm_cpu
 from minires.ops._util import as_tensor, check_float
 from minires.tensor import Tensor
 
@@ -59,12 +56,6 @@ def batch_norm_forward_train(x3: Any, weight: Any, bias: Any, eps: float) -> tup
     in place, block by block while the block is in cache.
     """
     xp = xp_of(x3)
-    x2 = batchnorm_cpu.channels_last_matrix(x3)
-    if x2 is not None:  # numpy, channels-last (what the convolutions produce): minires/ops/batchnorm_cpu.py
-        fast_out = xp.empty_like(x3)  # same memory order as x3
-        out2 = batchnorm_cpu.channels_last_matrix(fast_out)
-        if out2 is not None:
-            return (fast_out, *batchnorm_cpu.forward_train(x2, out2, x3.shape[0], weight, bias, eps))
     dt = x3.dtype
     m = x3.shape[0] * x3.shape[2]
     mean = (_channel_sum(xp, x3) / dt.type(m)).astype(dt, copy=False)
@@ -91,13 +82,6 @@ def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: 
     Pass 2 (per block, in cache): d *= -invstd^2 sum(g d) / M; d += g; d -= sum(g) / M; d *= k.
     """
     xp = xp_of(g3, x3)
-    x2, g2 = batchnorm_cpu.channels_last_matrix(x3), batchnorm_cpu.channels_last_matrix(g3)
-    if x2 is not None and g2 is not None:  # numpy, channels-last: minires/ops/batchnorm_cpu.py
-        dx = xp.empty_like(x3) if need_x else None
-        dx2 = None if dx is None else batchnorm_cpu.channels_last_matrix(dx)
-        if dx is None or dx2 is not None:
-            dweight, dbias = batchnorm_cpu.backward_train(g2, x2, dx2, x3.shape[0], mean, invstd, weight)
-            return dx, dweight, dbias
     dt = x3.dtype
     m = x3.shape[0] * x3.shape[2]
     blocks = _blocks(xp, x3)
