@@ -103,23 +103,25 @@ def _padded_chunk(nhwc: Any, a: int, b: int, pads: Pads, out_hw: tuple[int, int]
 def input_transform(padded: Any) -> Any:
     """``V[a, b] = (B^T d B)[a, b]`` for every 4x4 tile d (stride 2) of a padded NHWC chunk.
 
-    (n, 2*tH + 2, 2*tW + 2, C) -> (16, n*tH*tW, C), tiles in (n, tH, tW) order.
+    (n, 2*tH + 2, 2*tW + 2, C) -> (16, n*tH*tW, C), tiles in (n, tH, tW) order. B^T is applied to
+    whole image rows first (tile row i of every tile row is ``padded[:, i::2]``, so numpy's inner loops
+    run over a full (W, C) row instead of C values), then along the columns.
     """
     xp = xp_of(padded)
     n, hp, wp, c = padded.shape
     th, tw = (hp - 2) // 2, (wp - 2) // 2
-    s_n, s_h, s_w, s_c = padded.strides
-    d = xp.lib.stride_tricks.as_strided(padded, (n, th, tw, 4, 4, c), (s_n, 2 * s_h, 2 * s_w, s_h, s_w, s_c))
-    rows = xp.empty((4, n, th, tw, 4, c), dtype=padded.dtype)  # B^T d: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-    xp.subtract(d[:, :, :, 0], d[:, :, :, 2], out=rows[0])
-    xp.add(d[:, :, :, 1], d[:, :, :, 2], out=rows[1])
-    xp.subtract(d[:, :, :, 2], d[:, :, :, 1], out=rows[2])
-    xp.subtract(d[:, :, :, 1], d[:, :, :, 3], out=rows[3])
+    d = [padded[:, i : i + 2 * th : 2] for i in range(4)]  # row i of every tile row: (n, tH, Wp, C)
+    rows = xp.empty((4, n, th, wp, c), dtype=padded.dtype)  # B^T d: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+    xp.subtract(d[0], d[2], out=rows[0])
+    xp.add(d[1], d[2], out=rows[1])
+    xp.subtract(d[2], d[1], out=rows[2])
+    xp.subtract(d[1], d[3], out=rows[3])
+    e = [rows[:, :, :, j : j + 2 * tw : 2] for j in range(4)]  # column j of every tile: (4, n, tH, tW, C)
     v = xp.empty((4, 4, n, th, tw, c), dtype=padded.dtype)  # (B^T d) B, the same along the columns
-    xp.subtract(rows[..., 0, :], rows[..., 2, :], out=v[:, 0])
-    xp.add(rows[..., 1, :], rows[..., 2, :], out=v[:, 1])
-    xp.subtract(rows[..., 2, :], rows[..., 1, :], out=v[:, 2])
-    xp.subtract(rows[..., 1, :], rows[..., 3, :], out=v[:, 3])
+    xp.subtract(e[0], e[2], out=v[:, 0])
+    xp.add(e[1], e[2], out=v[:, 1])
+    xp.subtract(e[2], e[1], out=v[:, 2])
+    xp.subtract(e[1], e[3], out=v[:, 3])
     return v.reshape(16, n * th * tw, c)
 
 
