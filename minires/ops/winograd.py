@@ -90,33 +90,42 @@ def weight_transform_adjoint(du: Any) -> Any:
 
 
 def _padded_chunk(nhwc: Any, a: int, b: int, pads: Pads, out_hw: tuple[int, int]) -> Any:
-    """Samples a..b of an NHWC array, zero-padded to (b-a, 2*tH + 2, 2*tW + 2, C)."""
+    """Samples a..b of an NHWC array, zero-padded to 2*tH + 2 rows and 2*tW + 2 columns, columns split by parity.
+
+    Returns (b-a, 2*tH + 2, 2, tW + 1, C): ``[:, r, q, t]`` is padded pixel (r, 2*t + q). With even and
+    odd columns apart, every slice the transform reads is a contiguous run of (tW, C) values.
+    """
     xp = xp_of(nhwc)
     _, h, w, c = nhwc.shape
     pt, _, pl, _ = pads
-    hp, wp = 2 * _tiles(out_hw[0]) + 2, 2 * _tiles(out_hw[1]) + 2  # >= h + pt + pb: the input always fits
-    padded = xp.zeros((b - a, hp, wp, c), dtype=nhwc.dtype)
-    padded[:, pt : pt + h, pl : pl + w] = nhwc[a:b]
+    hp, half = 2 * _tiles(out_hw[0]) + 2, _tiles(out_hw[1]) + 1  # >= h + pt + pb rows, w + pl + pr columns
+    padded = xp.zeros((b - a, hp, 2, half, c), dtype=nhwc.dtype)
+    for q in (0, 1):
+        first = (q - pl) % 2  # the first input column that lands on parity q
+        count = len(range(first, w, 2))
+        start = (pl + first) // 2
+        padded[:, pt : pt + h, q, start : start + count] = nhwc[a:b, :, first::2]
     return padded
 
 
 def input_transform(padded: Any) -> Any:
-    """``V[a, b] = (B^T d B)[a, b]`` for every 4x4 tile d (stride 2) of a padded NHWC chunk.
+    """``V[a, b] = (B^T d B)[a, b]`` for every 4x4 tile d (stride 2) of a padded chunk from :func:`_padded_chunk`.
 
-    (n, 2*tH + 2, 2*tW + 2, C) -> (16, n*tH*tW, C), tiles in (n, tH, tW) order. B^T is applied to
-    whole image rows first (tile row i of every tile row is ``padded[:, i::2]``, so numpy's inner loops
-    run over a full (W, C) row instead of C values), then along the columns.
+    (n, 2*tH + 2, 2, tW + 1, C) -> (16, n*tH*tW, C), tiles in (n, tH, tW) order. B^T is applied to
+    whole image rows first (tile row i of every tile row is ``padded[:, i::2]``), then along the
+    columns (tile column j of every tile is parity j % 2, offset j // 2): numpy's inner loops run over
+    long contiguous runs, not over the C values of one pixel.
     """
     xp = xp_of(padded)
-    n, hp, wp, c = padded.shape
-    th, tw = (hp - 2) // 2, (wp - 2) // 2
-    d = [padded[:, i : i + 2 * th : 2] for i in range(4)]  # row i of every tile row: (n, tH, Wp, C)
-    rows = xp.empty((4, n, th, wp, c), dtype=padded.dtype)  # B^T d: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+    n, hp, _, half, c = padded.shape
+    th, tw = (hp - 2) // 2, half - 1
+    d = [padded[:, i : i + 2 * th : 2] for i in range(4)]  # row i of every tile row: (n, tH, 2, tW + 1, C)
+    rows = xp.empty((4, n, th, 2, half, c), dtype=padded.dtype)  # B^T d: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
     xp.subtract(d[0], d[2], out=rows[0])
     xp.add(d[1], d[2], out=rows[1])
     xp.subtract(d[2], d[1], out=rows[2])
     xp.subtract(d[1], d[3], out=rows[3])
-    e = [rows[:, :, :, j : j + 2 * tw : 2] for j in range(4)]  # column j of every tile: (4, n, tH, tW, C)
+    e = [rows[:, :, :, j % 2, j // 2 : j // 2 + tw] for j in range(4)]  # column j of every tile: (4, n, tH, tW, C)
     v = xp.empty((4, 4, n, th, tw, c), dtype=padded.dtype)  # (B^T d) B, the same along the columns
     xp.subtract(e[0], e[2], out=v[:, 0])
     xp.add(e[1], e[2], out=v[:, 1])
