@@ -5,6 +5,7 @@ Run (from the repository root)::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=$PWD python benchmarks/train_step.py
     ... benchmarks/train_step.py --steps 9 --nets resnet20        # one net, more steps
     ... benchmarks/train_step.py --no-torch --no-breakdown        # minires only, plain timing
+    ... benchmarks/train_step.py --threads 1                      # both frameworks on one thread
 
 How the figures in README were taken: the command above (OpenBLAS left to pick its own kernel for the
 CPU: the OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE overrides that some machines set make current numpy slower;
@@ -385,8 +386,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true", help="do not compare with PyTorch even if installed")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the instrumented per-op steps")
+    parser.add_argument(
+        "--threads", type=int, help="threads for both frameworks (torch, BLAS, minires' pool); a steadier ratio on a busy machine"
+    )
     args = parser.parse_args()
     torch = None if args.no_torch else try_torch()
+    if args.threads:
+        os.environ["MINIRES_NUM_THREADS"] = str(args.threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # for the rest of the run
+        if torch is not None:
+            torch.set_num_threads(args.threads)
     try:
         from threadpoolctl import threadpool_info
 

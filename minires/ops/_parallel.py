@@ -24,7 +24,9 @@ _blas: Any = None  # threadpoolctl's controller, built once (listing the BLAS li
 
 
 def threads() -> int:
-    """How many cores this process may run on."""
+    """Worker threads for the chunks: ``MINIRES_NUM_THREADS`` if set, else the cores this process may run on."""
+    if os.environ.get("MINIRES_NUM_THREADS", "").strip():
+        return max(1, int(os.environ["MINIRES_NUM_THREADS"]))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
