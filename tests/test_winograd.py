@@ -165,3 +165,28 @@ def test_environment_variable_sets_the_default():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "im2col"
     assert "MINIRES_CONV_ALGO" in out[1]
+
+
+def test_thread_count_setting(monkeypatch):
+    from minires.ops import _parallel
+
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "3")
+    assert _parallel.threads() == 3
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="MINIRES_NUM_THREADS must be a positive integer, got 'two'"):
+        _parallel.threads()
+
+
+def test_chunked_kernels_match_one_chunk(monkeypatch):
+    """Splitting the batch over the pool (and summing the chunks' weight gradients) changes nothing."""
+    from minires.ops import _parallel
+
+    rng = np.random.default_rng(0)
+    x, k, g = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((7, 4, 6, 6))
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(_parallel, "threads", lambda: 2)
+    chunked = [winograd.conv3x3(x, winograd.weight_transform(k), (1, 1, 1, 1)), winograd.conv3x3_weight_grad(x, g, (1, 1, 1, 1))]
+    monkeypatch.setattr(_parallel, "threads", lambda: 1)
+    whole = [winograd.conv3x3(x, winograd.weight_transform(k), (1, 1, 1, 1)), winograd.conv3x3_weight_grad(x, g, (1, 1, 1, 1))]
+    for a, b in zip(chunked, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -25,8 +25,11 @@ _blas: Any = None  # threadpoolctl's controller, built once (listing the BLAS li
 
 def threads() -> int:
     """Worker threads for the chunks: ``MINIRES_NUM_THREADS`` if set, else the cores this process may run on."""
-    if os.environ.get("MINIRES_NUM_THREADS", "").strip():
-        return max(1, int(os.environ["MINIRES_NUM_THREADS"]))
+    setting = os.environ.get("MINIRES_NUM_THREADS", "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"MINIRES_NUM_THREADS must be a positive integer, got {setting!r}")
+        return int(setting)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
