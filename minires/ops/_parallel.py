@@ -7,7 +7,7 @@ A chunk that calls BLAS must not start BLAS threads of its own on top of the poo
 limits BLAS to one thread for the whole call (once per call, not per chunk: entering the limit costs
 a few microseconds, but BLAS re-spinning its threads on every switch cost more than it saved).
 
-On cupy (and on one core) there is no pool: the work runs as one call over the whole batch.
+On one core the same chunks run one after another; on cupy the work is one call over the whole batch.
 """
 
 from __future__ import annotations
@@ -68,14 +68,16 @@ def over_batch(
     ``blas=True`` says the work calls BLAS: it then runs single-threaded while the pool runs.
     """
     global _pool
-    workers = threads()
-    if xp is not np or n < 2 or workers < 2:
+    if xp is not np or n < 2:
         return [work(0, n)]
+    workers = threads()
     step = chunk_size(n, sample_bytes, target_bytes)
+    starts = range(0, n, step)
+    if workers < 2:  # one core: the same cache-sized chunks, one after another
+        return [work(a, min(a + step, n)) for a in starts]
     if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
         _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minires"))
     pool = _pool[1]
-    starts = range(0, n, step)
     if not blas:
         return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
     with single_threaded_blas():
