@@ -21,15 +21,16 @@ memory. Elementwise ops keep that layout; anything that needs C-contiguous memor
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 
+from minires import backends
 from minires.amp import cast_to_compute
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
+from minires.ops import winograd
+from minires.ops._parallel import over_batch
 from minires.ops._util import as_tensor, check_float
 from minires.ops.cuda import launch as cuda_launch
 from minires.ops.cuda import use_fast_kernels
@@ -42,32 +43,11 @@ def _as_strided(xp: Any, a: Any, shape: tuple[int, ...], strides: tuple[int, ...
 
 
 _CHUNK_BYTES = 1 << 20  # ~1 MiB of padded input per chunk: it stays in cache while its offsets are copied
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
-
-
-def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _over_batch(xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], None]) -> None:
-    """Run ``work(start, stop)`` over chunks of the batch axis.
-
-    On numpy the chunks are cache-sized and shared by a thread pool (numpy releases the GIL in
-    copies and ufunc loops, so the memory-bound im2col/col2im passes use every core, as BLAS does);
-    on cupy it is one call over the whole batch.
-    """
-    global _pool
-    threads = _threads()
-    if xp is not np or n < 2 or threads < 2:
-        work(0, n)
-        return
-    chunk = max(1, min(-(-n // threads), _CHUNK_BYTES // max(sample_bytes, 1)))
-    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
-        _pool = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="minires-conv"))
-    list(_pool[1].map(lambda a: work(a, min(a + chunk, n)), range(0, n, chunk)))
+    """Run ``work(start, stop)`` over cache-sized chunks of the batch, shared by the cores (numpy only)."""
+    over_batch(xp, n, sample_bytes, work, _CHUNK_BYTES)
 
 
 def _im2col(x: Any, window: Window2d) -> Any:
@@ -229,12 +209,41 @@ def _check_conv_arguments(
     return Window2d.of(name, x.shape[2:], (kh, kw), stride, padding, dilation, padding_strings=True)
 
 
+def conv_input_grad(ctx: Context, grad: Any, gmat: Any) -> Any:
+    """dL/dx of :class:`Conv2dFunction`: col2im of ``dcols = dout @ W2`` (im2col), or Winograd's adjoint convolution."""
+    xp = xp_of(grad)
+    window, groups = ctx.window, ctx.groups
+    if ctx.algorithm == "winograd":
+        return winograd.conv3x3_input_grad(grad, ctx.saved_tensors[1], window.padding)
+    wmat = ctx.saved_tensors[1]
+    n, c = ctx.x_shape[:2]
+    cg, og = c // groups, grad.shape[1] // groups
+    group_shape = (n, cg) + tuple(ctx.x_shape[2:])
+    parts = [_col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, window) for g in range(groups)]
+    return parts[0] if groups == 1 else xp.concatenate(parts, axis=1)
+
+
+def conv_weight_grad(ctx: Context, grad: Any, gmat: Any) -> Any:
+    """dL/dweight of :class:`Conv2dFunction`: ``dW2 = dout.T @ cols`` (im2col), or Winograd's tile-wise products."""
+    xp = xp_of(grad)
+    window, groups = ctx.window, ctx.groups
+    if ctx.algorithm == "winograd":
+        return winograd.conv3x3_weight_grad(ctx.saved_tensors[0], grad, window.padding)
+    cols = ctx.saved_tensors[0]
+    o = grad.shape[1]
+    cg, og = ctx.x_shape[1] // groups, o // groups
+    gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
+    return xp.ascontiguousarray(gw_t.reshape(window.kernel[0], window.kernel[1], cg, o).transpose(3, 2, 0, 1))
+
+
 class Conv2dFunction(Function):
     """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring).
 
     ``Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, groups)`` takes :func:`conv2d`'s
     arguments, all positional (bias may be None; a 4-D input), and checks them all; :func:`conv2d`
-    adds defaults, unbatched input and autocast on top.
+    adds defaults, unbatched input and autocast on top. 3x3 stride-1 convolutions may run as Winograd
+    F(2x2, 3x3) instead (:mod:`minires.ops.winograd`), chosen per call by
+    :func:`minires.backends.choose_conv_algorithm`; both compute the same values.
     """
 
     @staticmethod
@@ -254,6 +263,16 @@ class Conv2dFunction(Function):
         o, cg, kh, kw = weight.shape
         og = o // groups
         oh, ow = window.output_size
+        ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
+        ctx.algorithm = backends.choose_conv_algorithm(
+            xp, x.dtype, window.kernel, window.stride, window.padding, window.dilation, groups
+        )
+        if ctx.algorithm == "winograd":  # keeps x and weight only: backward recomputes the tiles chunk by chunk
+            out = winograd.conv3x3(x, winograd.weight_transform(weight), window.padding)
+            if bias is not None:
+                out += bias[:, None, None]
+            ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
+            return out
         # (O, kH, kW, C/g) -> (O, kH*kW*C/g): matches the columns' (offset, channel) order.
         wmat = xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(o, kh * kw * cg)
         cols = [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, window) for g in range(groups)]
@@ -263,29 +282,17 @@ class Conv2dFunction(Function):
             out = xp.concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
         if bias is not None:
             out += bias
-        ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
         ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, wmat if ctx.needs_input_grad[0] else None)
         return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
         xp = xp_of(grad)
-        cols, wmat = ctx.saved_tensors
-        x_shape, window, groups = ctx.x_shape, ctx.window, ctx.groups
-        n, c, _, _ = x_shape
         o = grad.shape[1]
-        cg, og = c // groups, o // groups
         gmat = xp.ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, o)  # free if channels-last
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            group_shape = (n, cg) + tuple(x_shape[2:])
-            parts = [_col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, window) for g in range(groups)]
-            gx = parts[0] if groups == 1 else xp.concatenate(parts, axis=1)
-        if ctx.needs_input_grad[1]:
-            gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
-            gw = xp.ascontiguousarray(gw_t.reshape(window.kernel[0], window.kernel[1], cg, o).transpose(3, 2, 0, 1))
-        if ctx.needs_input_grad[2]:
-            gb = gmat.sum(axis=0)
+        gx = conv_input_grad(ctx, grad, gmat) if ctx.needs_input_grad[0] else None
+        gw = conv_weight_grad(ctx, grad, gmat) if ctx.needs_input_grad[1] else None
+        gb = gmat.sum(axis=0) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None, None
 
 
