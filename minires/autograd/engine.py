@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from minires.autograd.function import Node
+from minires.autograd.function import Edge, LeafEdge, Node
 from minires.autograd.grad_mode import no_grad
 from minires.backend import xp_of
 
@@ -32,8 +32,8 @@ def topological_order(root: Node) -> list[Node]:
         visited.add(id(node))
         stack.append((node, True))
         for edge in node.edges:
-            if edge is not None and edge[0] is not None and id(edge[0]) not in visited:
-                stack.append((edge[0], False))
+            if type(edge) is Edge and id(edge.node) not in visited:
+                stack.append((edge.node, False))
     post.reverse()
     return post
 
@@ -110,13 +110,13 @@ def run_backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
                 if edge is None or g is None:
                     continue
                 g = _check_grad(node, index, g)
-                parent, target = edge
-                if parent is None:
-                    prev = leaf_grads.get(id(target))
-                    leaf_grads[id(target)] = (target, _accumulate(None if prev is None else prev[1], g))
+                if type(edge) is LeafEdge:
+                    leaf = edge.tensor
+                    prev = leaf_grads.get(id(leaf))
+                    leaf_grads[id(leaf)] = (leaf, _accumulate(None if prev is None else prev[1], g))
                 else:
-                    slots = pending.setdefault(id(parent), [None] * len(parent.output_meta))
-                    slots[target] = _accumulate(slots[target], g)
+                    slots = pending.setdefault(id(edge.node), [None] * len(edge.node.output_meta))
+                    slots[edge.output_index] = _accumulate(slots[edge.output_index], g)
         for leaf, g in leaf_grads.values():
             _deliver_to_leaf(leaf, _run_hooks(leaf._hooks, g))
 

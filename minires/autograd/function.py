@@ -25,7 +25,7 @@ Example (the whole of a user-written op)::
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -56,17 +56,40 @@ class Context:
         self._non_differentiable.update(output_indices)
 
 
+class Edge(NamedTuple):
+    """The gradient goes to output ``output_index`` of ``node``: the input was made by another op."""
+
+    node: Node
+    output_index: int
+
+
+class LeafEdge(NamedTuple):
+    """The gradient accumulates into ``tensor.grad``: the input is a leaf (a parameter, a user's tensor)."""
+
+    tensor: Tensor
+
+
+GradientEdge = Edge | LeafEdge
+
+
+def gradient_edge(t: Tensor) -> GradientEdge:
+    """Where a gradient for ``t`` goes: the op that made it (and which of its outputs ``t`` is), or ``t`` itself."""
+    return LeafEdge(t) if t.grad_fn is None else Edge(t.grad_fn, t._output_index)
+
+
 class Node:
     """One recorded call of a Function: where its input gradients go, and its outputs' hooks.
 
     ``edges[i]`` says where the gradient for forward's i-th positional argument goes: ``None`` (no
-    gradient wanted), ``(node, output_index)`` for a tensor made by another op, or ``(None, leaf)``
+    gradient wanted), an :class:`Edge` for a tensor made by another op, or a :class:`LeafEdge`
     for a leaf tensor whose ``.grad`` accumulates it.
     """
 
     __slots__ = ("function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed")
 
-    def __init__(self, function: type[Function], ctx: Context, edges: list[Any], input_meta: list[Any]):
+    def __init__(
+        self, function: type[Function], ctx: Context, edges: list[GradientEdge | None], input_meta: list[Any]
+    ):
         self.function = function
         self.ctx: Context | None = ctx
         self.edges = edges
@@ -130,14 +153,7 @@ class Function:
         # Tensor.data an array so in-place updates (x.data[...] = 0, grad.zero_()) always work.
         results = [Tensor._from_array(np.asarray(o) if isinstance(o, np.generic) else o) for o in outputs]
         if record:
-            edges: list[Any] = []
-            for a, need in zip(args, needs):
-                if not need:
-                    edges.append(None)
-                elif a.grad_fn is None:
-                    edges.append((None, a))
-                else:
-                    edges.append((a.grad_fn, a._output_index))
+            edges = [gradient_edge(a) if need else None for a, need in zip(args, needs)]
             meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
             node = Node(cls, ctx, edges, meta)
             node.output_meta = [(r.shape, r.dtype) for r in results]
