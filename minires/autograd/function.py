@@ -20,6 +20,40 @@ Example (the whole of a user-written op)::
             return 2 * x * grad
 
     y = Square.apply(t)
+
+Gradients of gradients (``backward(create_graph=True)``, ``mr.autograd.grad(..., create_graph=True)``)
+need a backward that is itself differentiable, written with Tensor ops so that it records a graph.
+The raw-array ``backward`` above is the fast first-order path and is once-differentiable: under
+``create_graph=True`` a Function raises unless it opts in, in one of two ways:
+
+- ``differentiable_backward = True``: its ``backward`` uses only operations Tensors also have
+  (``*``, ``+``, ``-``, ``/``, ``.sum(axis=..., keepdims=...)``, ``.reshape`` ...; no ``np.``/``xp.``
+  calls). The engine then runs the same ``backward`` on Tensors. ``Square`` above qualifies.
+- ``backward_graph(ctx, *grad_outputs)``: a second backward written with Tensor ops (``mr.exp``,
+  ``F.conv2d`` ...), for when the raw one uses array functions::
+
+    class Sin(mr.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return np.sin(x)
+
+        @staticmethod
+        def backward(ctx, grad):                 # fast path: arrays in, arrays out
+            (x,) = ctx.saved_tensors
+            return grad * np.cos(x)
+
+        @staticmethod
+        def backward_graph(ctx, grad):           # create_graph=True: Tensors in, Tensors out
+            (x,) = ctx.saved_tensors             # now a Tensor on the graph
+            return grad * Cos.apply(x)           # Cos: another Function (with its own backward_graph)
+
+In both, ``ctx.saved_tensors`` gives Tensors: an array saved from forward's arguments or outputs
+(the very objects, not copies) becomes a Tensor connected to the graph where that argument or output
+came from; a boolean or integer array (a mask, indices) stays an array (a constant). A saved
+floating-point array that is neither (an intermediate) is refused, since how it depends on the
+inputs is unknown: save the argument and recompute the value with Tensor ops instead
+(``ctx.saved_arrays`` gives the raw saved values, for those that are constants).
 """
 
 from __future__ import annotations
@@ -77,6 +111,30 @@ def gradient_edge(t: Tensor) -> GradientEdge:
     return LeafEdge(t) if t.grad_fn is None else Edge(t.grad_fn, t._output_index)
 
 
+def _saved_sources(saved: tuple[Any, ...], inputs: list[Any], outputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """For each saved array: ``("input", i)`` or ``("output", j)`` when it is that very object, else None.
+
+    Found by identity when forward is recorded, so a differentiable backward can put the saved
+    arrays back on the graph (:class:`TensorContext`)."""
+    sources: list[Any] = []
+    for k, s in enumerate(saved):
+        source = None
+        if k < len(inputs) and inputs[k] is s:  # ops save their arguments in order: x * x.detach() stays apart
+            sources.append(("input", k))
+            continue
+        for i, a in enumerate(inputs):
+            if a is s:
+                source = ("input", i)
+                break
+        else:
+            for j, o in enumerate(outputs):
+                if o is s:
+                    source = ("output", j)
+                    break
+        sources.append(source)
+    return tuple(sources)
+
+
 class Node:
     """One recorded call of a Function: where its input gradients go, and its outputs' hooks.
 
@@ -85,7 +143,9 @@ class Node:
     for a leaf tensor whose ``.grad`` accumulates it.
     """
 
-    __slots__ = ("function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed")
+    __slots__ = (
+        "function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed", "saved_sources"
+    )
 
     def __init__(
         self, function: type[Function], ctx: Context, edges: list[GradientEdge | None], input_meta: list[Any]
@@ -98,6 +158,7 @@ class Node:
         self.hooks: dict[int, list[Any]] = {}
         self.retained: dict[int, weakref.ref[Tensor]] = {}
         self.freed = False
+        self.saved_sources: tuple[Any, ...] = ()  # see _saved_sources
 
     @property
     def name(self) -> str:
@@ -110,6 +171,81 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<{self.name}Backward>"
+
+
+class TensorContext:
+    """What a differentiable backward sees: the op's :class:`Context` (its attributes, flags and
+    ``needs_input_grad``), with ``saved_tensors`` as Tensors on the graph (see the module docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node.ctx, name)
+
+    @property
+    def saved_arrays(self) -> tuple[Any, ...]:
+        """The saved values exactly as forward saved them (raw arrays): for values that are constants."""
+        return self._node.ctx.saved_tensors
+
+    @property
+    def saved_tensors(self) -> tuple[Any, ...]:
+        return tuple(self.saved_tensor(k) for k in range(len(self._node.saved_sources)))
+
+    def saved_tensor(self, k: int) -> Any:
+        """The k-th saved value: a Tensor on the graph for a forward argument or output, an array
+        for a mask or indices; a floating-point intermediate is refused (see the module docstring)."""
+        node = self._node
+        array, source = node.ctx.saved_tensors[k], node.saved_sources[k]
+        if getattr(array, "dtype", None) is None or array.dtype.kind not in "fc":
+            return array  # a mask, indices, or None: stays as it is
+        if source is None:
+            raise RuntimeError(
+                f"{node.name}: saved value {k} is a floating-point array that is neither an argument nor "
+                "an output of forward, so its dependence on the inputs is unknown and it cannot be "
+                "differentiated (create_graph=True). Save the argument or output itself and recompute "
+                "the value with Tensor ops (ctx.saved_arrays gives the raw values, for constants)."
+            )
+        if source[0] == "input":
+            return _rewrap(array, node.edges[source[1]])
+        j = source[1]
+        differentiable = node.output_meta[j][1].kind in "fc" and j not in node.ctx._non_differentiable
+        return _rewrap(array, Edge(node, j) if differentiable else None)
+
+
+def _rewrap(array: Any, edge: GradientEdge | None) -> Tensor:
+    """``array`` as a Tensor whose gradient flows along ``edge`` (a constant when ``edge`` is None)."""
+    from minires.tensor import Tensor
+
+    if type(edge) is LeafEdge and edge.tensor.data is array:
+        return edge.tensor
+    t = Tensor._from_array(array)
+    if type(edge) is Edge:
+        t.requires_grad = True
+        t.grad_fn = edge.node
+        t._output_index = edge.output_index
+    elif type(edge) is LeafEdge:  # the leaf's data was replaced since forward: stand in for it
+        raise RuntimeError(
+            "backward: a leaf tensor's .data was replaced after it was used; its saved value no longer "
+            "matches it, so it cannot be differentiated (create_graph=True)"
+        )
+    return t
+
+
+def differentiable_backward(node: Node, grads: list[Tensor]) -> Any:
+    """Run ``node``'s backward on Tensors, recording its graph (the engine's ``create_graph`` path)."""
+    fn = node.function
+    ctx = TensorContext(node)
+    if fn.backward_graph is not None:
+        return fn.backward_graph(ctx, *grads)
+    if fn.differentiable_backward:
+        return fn.backward(ctx, *grads)
+    raise RuntimeError(
+        f"{node.name} has no differentiable backward, so a gradient through it cannot be differentiated "
+        f"again (create_graph=True). Its backward(ctx, *grads) works on raw arrays (first order only); "
+        "opt in with differentiable_backward = True when that backward uses only operations Tensors also "
+        "have, or define backward_graph(ctx, *grads) with Tensor ops (see help(minires.Function))."
+    )
 
 
 def _check_devices(name: str, tensors: list[Tensor]) -> None:
@@ -125,7 +261,15 @@ def _check_devices(name: str, tensors: list[Tensor]) -> None:
 
 
 class Function:
-    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``."""
+    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``.
+
+    ``backward`` works on raw arrays (first order); opt in to gradients of gradients with
+    ``differentiable_backward = True`` or a ``backward_graph`` (see the module docstring)."""
+
+    #: True when ``backward`` uses only operations Tensors also have, so it can run on Tensors.
+    differentiable_backward: bool = False
+    #: Optional ``backward_graph(ctx, *grad_tensors)`` written with Tensor ops (for create_graph=True).
+    backward_graph: Any = None
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
@@ -157,6 +301,9 @@ class Function:
             meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
             node = Node(cls, ctx, edges, meta)
             node.output_meta = [(r.shape, r.dtype) for r in results]
+            saved = ctx.saved_tensors
+            if saved:
+                node.saved_sources = _saved_sources(saved, raw, outputs)
             for i, r in enumerate(results):
                 if i not in ctx._non_differentiable and r.dtype.kind in "fc":
                     r.requires_grad = True
