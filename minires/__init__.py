@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as _np
 
+import minires.autograd.functional  # noqa: E402,F401 - mr.autograd.functional (needs Tensor, so imported last)
 from minires import autograd, cuda
 from minires.autograd.function import Context, Function
 from minires.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
