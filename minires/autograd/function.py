@@ -192,6 +192,16 @@ class TensorContext:
     def saved_tensors(self) -> tuple[Any, ...]:
         return tuple(self.saved_tensor(k) for k in range(len(self._node.saved_sources)))
 
+    def input_tensor(self, i: int, value: Any) -> Tensor:
+        """``value`` (forward's argument i, e.g. rebuilt from a reshaped copy forward saved) as a Tensor
+        whose gradient flows where argument i's does. The caller vouches that the values are the argument's."""
+        if tuple(value.shape) != tuple(self._node.input_meta[i][0]):
+            raise RuntimeError(
+                f"{self._node.name}: input_tensor({i}) got shape {tuple(value.shape)}, "
+                f"argument {i} has shape {tuple(self._node.input_meta[i][0])}"
+            )
+        return _rewrap(value, self._node.edges[i], exact=False)
+
     def saved_tensor(self, k: int) -> Any:
         """The k-th saved value: a Tensor on the graph for a forward argument or output, an array
         for a mask or indices; a floating-point intermediate is refused (see the module docstring)."""
@@ -213,11 +223,12 @@ class TensorContext:
         return _rewrap(array, Edge(node, j) if differentiable else None)
 
 
-def _rewrap(array: Any, edge: GradientEdge | None) -> Tensor:
-    """``array`` as a Tensor whose gradient flows along ``edge`` (a constant when ``edge`` is None)."""
+def _rewrap(array: Any, edge: GradientEdge | None, exact: bool = True) -> Tensor:
+    """``array`` as a Tensor whose gradient flows along ``edge`` (a constant when ``edge`` is None).
+    For a leaf: the leaf itself, whose data must be ``array`` (``exact``) or equal to it."""
     from minires.tensor import Tensor
 
-    if type(edge) is LeafEdge and edge.tensor.data is array:
+    if type(edge) is LeafEdge and (edge.tensor.data is array or not exact):
         return edge.tensor
     t = Tensor._from_array(array)
     if type(edge) is Edge:

@@ -37,7 +37,7 @@ def scatter_add_along_dim(values: Any, idx: Any, dim: int, shape: tuple[int, ...
     return out
 
 
-class TakeAlongDim(Function):
+class TakeAlongDimFunction(Function):
     """x (shape S) -> x taken at ``idx`` along ``dim`` (shape of idx); backward scatter-adds."""
 
     @staticmethod
@@ -53,10 +53,10 @@ class TakeAlongDim(Function):
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None]:
         shape, idx, dim = ctx.meta
-        return ScatterAddAlongDim.apply(g, idx, dim, shape), None, None
+        return ScatterAddAlongDimFunction.apply(g, idx, dim, shape), None, None
 
 
-class ScatterAddAlongDim(Function):
+class ScatterAddAlongDimFunction(Function):
     """values (shape of idx) -> zeros(shape) with values added at ``idx`` along ``dim``; backward gathers."""
 
     @staticmethod
@@ -72,4 +72,4 @@ class ScatterAddAlongDim(Function):
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None, None]:
         idx, dim = ctx.meta
-        return TakeAlongDim.apply(g, idx, dim), None, None, None
+        return TakeAlongDimFunction.apply(g, idx, dim), None, None, None

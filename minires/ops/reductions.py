@@ -10,7 +10,7 @@ import numpy as np
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, normalize_axes
-from minires.ops.gather import ScatterAddAlongDim, scatter_add_along_dim
+from minires.ops.gather import ScatterAddAlongDimFunction, scatter_add_along_dim
 from minires.tensor import Tensor
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -142,7 +142,7 @@ class ExtremeAlongDim(Function):
         shape, dim, keepdim = ctx.meta
         if not keepdim:
             g = g.unsqueeze(dim)
-        return ScatterAddAlongDim.apply(g, idx_k, dim, shape), None, None, None
+        return ScatterAddAlongDimFunction.apply(g, idx_k, dim, shape), None, None, None
 
 
 def sum(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:  # noqa: A001

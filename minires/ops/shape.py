@@ -79,7 +79,7 @@ class GetItem(Function):
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None]:
         shape, _, index = ctx.meta
-        return IndexScatter.apply(g, index, shape), None
+        return IndexScatterFunction.apply(g, index, shape), None
 
 
 def _scatter_index(values: Any, index: Any, shape: tuple[int, ...]) -> Any:
@@ -92,7 +92,7 @@ def _scatter_index(values: Any, index: Any, shape: tuple[int, ...]) -> Any:
     return out
 
 
-class IndexScatter(Function):
+class IndexScatterFunction(Function):
     """getitem's backward as an op: ``values`` added into zeros of ``shape`` at ``index``; its own
     backward is ``getitem`` again (so indexing is differentiable to any order)."""
 
