@@ -131,7 +131,7 @@ def penalty_training(steps: int, batch: int, penalty: float, seed: int) -> dict[
         opt = mr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         rng = np.random.default_rng(seed)
         history = []
-        for step in range(steps):
+        for _ in range(steps):
             idx = rng.choice(len(images), batch, replace=False)
             x = mr.tensor(images[idx], requires_grad=True)
             y = mr.tensor(labels[idx])

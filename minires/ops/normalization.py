@@ -107,6 +107,38 @@ def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: 
     return d, dweight, sum_g
 
 
+def batch_norm_grads_graph(
+    x: Tensor, weight: Tensor | None, g: Tensor, needs: tuple[bool, bool, bool], eps: float | None, stats: Any = None
+) -> tuple[Any, Any, Any]:
+    """(dx, dweight, dbias) of batch norm with Tensor ops, so they can be differentiated again.
+
+    Training (``stats`` None): the statistics are recomputed from the Tensor x, so the result keeps the
+    whole dependence of dx on x through the batch mean and variance (the closed form of
+    :func:`batch_norm_backward_train`, written as a graph). Eval: ``stats = (mean, invstd)`` are raw
+    (C,) constants and the op is affine in x.
+    """
+    n, c = x.shape[:2]
+    x3, g3 = x.reshape(n, c, -1), g.reshape(n, c, -1)
+    axes = (0, 2)
+    if stats is None:
+        centred = x3 - x3.mean(axes, keepdim=True)
+        invstd: Any = ((centred * centred).mean(axes, keepdim=True) + eps) ** -0.5
+    else:
+        mean, inv = stats
+        centred, invstd = x3 - mean.reshape(1, c, 1), inv.reshape(1, c, 1)
+    x_hat = centred * invstd
+    dx = dw = db = None
+    if needs[0]:
+        k = invstd if weight is None else invstd * weight.reshape(1, c, 1)
+        inner = g3 if stats is not None else g3 - g3.mean(axes, keepdim=True) - x_hat * (g3 * x_hat).mean(axes, keepdim=True)
+        dx = (k * inner).reshape(x.shape)
+    if needs[1]:
+        dw = (g3 * x_hat).sum(axes)
+    if needs[2]:
+        db = g3.sum(axes)
+    return dx, dw, db
+
+
 class BatchNorm(Function):
     """y = (x - mean) * invstd * weight + bias on x viewed as (N, C, K); running stats updated in place.
 
@@ -131,7 +163,7 @@ class BatchNorm(Function):
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         w = None if weight is None else weight.astype(dt, copy=False)
         b = None if bias is None else bias.astype(dt, copy=False)
-        ctx.x_shape = x.shape
+        ctx.x_shape, ctx.eps = x.shape, eps
         ctx.training = use_batch_stats
         if use_batch_stats:
             out, mean, var, invstd = batch_norm_forward_train(x3, w, b, eps)
@@ -171,6 +203,15 @@ class BatchNorm(Function):
             if need_b:
                 db = _channel_sum(xp, g3)
         return dx, (dw if need_w else None), (db if need_b else None), None, None, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
+        x3, mean, invstd, w = ctx.saved_arrays
+        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+        weight = None if w is None else ctx.input_tensor(1, w)
+        stats = None if ctx.training else (mean, invstd)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, ctx.needs_input_grad[:3], ctx.eps, stats)
+        return dx, dw, db, None, None, None, None, None
 
 
 def _check_channel_vector(name: str, what: str, t: Any, c: int, x: Tensor) -> None:
