@@ -245,3 +245,17 @@ def test_custom_function_without_opt_in_is_refused_by_name() -> None:
         mr.autograd.grad(OnceDifferentiable.apply(x).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="SavesIntermediate: saved value 0 is a floating-point array"):
         SavesIntermediate.apply(x).sum().backward(create_graph=True)
+
+
+# ----- batch norm -------------------------------------------------------------------------------------
+@FEW
+@given(x=arrays_without_ties(st.just((3, 2, 2, 2)), gap=0.1), w=float_arrays((2,), 0.5, 1.5), b=float_arrays((2,)), train=st.booleans())
+def test_batch_norm_train_and_eval(x: np.ndarray, w: np.ndarray, b: np.ndarray, train: bool) -> None:
+    stats = (mr.tensor(np.array([0.3, -0.2])), mr.tensor(np.array([0.8, 1.7]))) if not train else (None, None)
+    order_two(lambda a, w_, b_: F.batch_norm(a, *stats, w_, b_, training=train).tanh(), x, w, b)
+
+
+@FEW
+@given(x=arrays_without_ties(st.just((4, 3)), gap=0.1))  # distinct values: no channel of near-zero variance
+def test_batch_norm_without_affine_on_2d_input(x: np.ndarray) -> None:
+    order_two(lambda a: F.batch_norm(a, None, None, training=True) ** 3, x)
