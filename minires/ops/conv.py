@@ -253,8 +253,69 @@ def _pixel_sum_matmul(a: Any, b: Any) -> Any:
     return out
 
 
+Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]  # kernel, stride, pads, dilation
+
+
+def weight_matrix(weight: Any) -> Any:
+    """(O, C/g, kH, kW) -> (O, kH*kW*C/g): matches the columns' (offset, channel) order (a small copy)."""
+    o, cg, kh, kw = weight.shape
+    return xp_of(weight).ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(o, kh * kw * cg)
+
+
+def grad_matrix(grad: Any) -> Any:
+    """An output gradient (N, O, oH, oW) as (N*oH*oW, O), pixels in rows (free if it is channels-last)."""
+    return xp_of(grad).ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, grad.shape[1])
+
+
+def group_columns(x: Any, kernel: tuple[int, int], geometry: Geometry, groups: int) -> list[Any]:
+    """im2col of each group's channels of x: ``groups`` matrices (N*oH*oW, kH*kW*C/g)."""
+    _, stride, pads, dilation = geometry
+    cg = x.shape[1] // groups
+    return [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, kernel, stride, pads, dilation) for g in range(groups)]
+
+
+def conv_from_columns(cols: list[Any], wmat: Any, out_shape: tuple[int, int, int, int], bias: Any = None) -> Any:
+    """The convolution as one GEMM per group, plus bias: (N, O, oH, oW), a channels-last view."""
+    n, o, oh, ow = out_shape
+    groups = len(cols)
+    og = o // groups
+    if groups == 1:
+        out = cols[0] @ wmat.T
+    else:
+        out = xp_of(wmat).concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
+    if bias is not None:
+        out += bias
+    return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+
+
+def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], geometry: Geometry, groups: int) -> Any:
+    """dL/dx (N, C, H, W) = col2im(dout @ W2), per group: a transposed convolution of the gradient."""
+    kernel, stride, pads, dilation = geometry
+    n, c = x_shape[:2]
+    cg, og = c // groups, wmat.shape[0] // groups
+    group_shape = (n, cg) + tuple(x_shape[2:])
+    parts = [
+        _col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, kernel, stride, pads, dilation)
+        for g in range(groups)
+    ]
+    return parts[0] if groups == 1 else xp_of(gmat).concatenate(parts, axis=1)
+
+
+def weight_grad_from(cols: list[Any], gmat: Any, weight_shape: tuple[int, ...]) -> Any:
+    """dL/dweight (O, C/g, kH, kW) = (dout.T @ cols) per group, summed over the pixel rows in chunks."""
+    o, cg, kh, kw = weight_shape
+    og = o // len(cols)
+    gw_t = xp_of(gmat).concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(len(cols))], axis=1)
+    return xp_of(gmat).ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
+
+
 class Conv2d(Function):
-    """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring)."""
+    """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring).
+
+    Under ``create_graph=True`` its input and weight gradients are themselves ops
+    (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op), whose own
+    backwards are convolutions again, so a convolution is differentiable to any order. For that,
+    forward also keeps references to x and weight (no copies)."""
 
     @staticmethod
     def forward(
@@ -267,46 +328,45 @@ class Conv2d(Function):
         dilation: tuple[int, int],
         groups: int,
     ) -> Any:
-        xp = xp_of(x)
         n, c, h, w = x.shape
         o, cg, kh, kw = weight.shape
-        og = o // groups
         oh, ow = _output_size("conv2d", (h, w), (kh, kw), stride, pads, dilation)
-        # (O, kH, kW, C/g) -> (O, kH*kW*C/g): matches the columns' (offset, channel) order.
-        wmat = xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(o, kh * kw * cg)
-        cols = [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, (kh, kw), stride, pads, dilation) for g in range(groups)]
-        if groups == 1:
-            out = cols[0] @ wmat.T
-        else:
-            out = xp.concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
-        if bias is not None:
-            out += bias
-        ctx.geometry = (x.shape, (kh, kw), stride, pads, dilation, groups)
-        ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, wmat if ctx.needs_input_grad[0] else None)
-        return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+        geometry = ((kh, kw), stride, pads, dilation)
+        wmat = weight_matrix(weight)
+        cols = group_columns(x, (kh, kw), geometry, groups)
+        out = conv_from_columns(cols, wmat, (n, o, oh, ow), bias)
+        ctx.geometry = (x.shape, geometry, groups)
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, x if need_w else None, weight if need_x else None)
+        return out
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
-        xp = xp_of(grad)
-        cols, wmat = ctx.saved_tensors
-        x_shape, kernel, stride, pads, dilation, groups = ctx.geometry
-        n, c, _, _ = x_shape
-        o = grad.shape[1]
-        cg, og = c // groups, o // groups
-        gmat = xp.ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, o)  # free if channels-last
+        cols, wmat, _, weight = ctx.saved_tensors
+        x_shape, geometry, groups = ctx.geometry
+        gmat = grad_matrix(grad)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            group_shape = (n, cg) + tuple(x_shape[2:])
-            parts = [
-                _col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, kernel, stride, pads, dilation)
-                for g in range(groups)
-            ]
-            gx = parts[0] if groups == 1 else xp.concatenate(parts, axis=1)
+            gx = input_grad_from(gmat, wmat, x_shape, geometry, groups)
         if ctx.needs_input_grad[1]:
-            gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
-            gw = xp.ascontiguousarray(gw_t.reshape(kernel[0], kernel[1], cg, o).transpose(3, 2, 0, 1))
+            gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *geometry[0]))
         if ctx.needs_input_grad[2]:
             gb = gmat.sum(axis=0)
+        return gx, gw, gb, None, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, grad: Tensor) -> tuple[Any, ...]:
+        from minires.ops.conv_grad import Conv2dInputGradFunction, Conv2dWeightGradFunction
+
+        x_shape, geometry, groups = ctx.geometry
+        x, weight = (ctx.saved_tensor(k) if ctx.saved_arrays[k] is not None else None for k in (2, 3))
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, geometry, groups)
+        if ctx.needs_input_grad[1]:
+            gw = Conv2dWeightGradFunction.apply(x, grad, (grad.shape[1], x_shape[1] // groups, *geometry[0]), geometry, groups)
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None, None, None
 
 
