@@ -249,7 +249,9 @@ def test_custom_function_without_opt_in_is_refused_by_name() -> None:
 
 # ----- batch norm -------------------------------------------------------------------------------------
 @FEW
-@given(x=arrays_without_ties(st.just((3, 2, 2, 2)), gap=0.1), w=float_arrays((2,), 0.5, 1.5), b=float_arrays((2,)), train=st.booleans())
+@given(
+    x=arrays_without_ties(st.just((3, 2, 2, 2)), gap=0.1), w=float_arrays((2,), 0.5, 1.5), b=float_arrays((2,)), train=st.booleans()
+)
 def test_batch_norm_train_and_eval(x: np.ndarray, w: np.ndarray, b: np.ndarray, train: bool) -> None:
     stats = (mr.tensor(np.array([0.3, -0.2])), mr.tensor(np.array([0.8, 1.7]))) if not train else (None, None)
     order_two(lambda a, w_, b_: F.batch_norm(a, *stats, w_, b_, training=train).tanh(), x, w, b)

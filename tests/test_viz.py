@@ -81,7 +81,7 @@ def test_to_dot_resnet_names_parameters_and_finds_every_block() -> None:
     for name, p in model.named_parameters():
         assert any(label.startswith(f"{name}\\n({', '.join(map(str, p.shape))}") for label in labels), name
     assert dot.count("skip rejoins") == 3  # one per BasicBlock (1 per stage at depth 8)
-    assert "Conv2dBackward" in dot and "BatchNormBackward" in dot
+    assert "Conv2dBackward" in dot and "BatchNormTrainBackward" in dot
     # option-A shortcut paths (GetItem, Pad) are on the identity path and styled
     assert dot.count("penwidth") >= 3 + 2 * 3
 

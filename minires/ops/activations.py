@@ -10,7 +10,7 @@ from minires.ops._util import as_tensor, check_float, normalize_axes
 from minires.tensor import Tensor
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
     """max(x, 0). Convention at the kink: the gradient at exactly x == 0 is 0 (as PyTorch).
     Its second derivative is 0 away from the kink: the backward ``g * mask`` is linear in g."""
 
@@ -28,7 +28,7 @@ class ReLU(Function):
         return g * mask
 
 
-class LeakyReLU(Function):
+class LeakyReLUFunction(Function):
     """x if x > 0 else slope * x; the gradient at exactly 0 is ``slope`` (as PyTorch)."""
 
     differentiable_backward = True
@@ -46,7 +46,7 @@ class LeakyReLU(Function):
         return g * xp_of(mask).where(mask, g.dtype.type(1), g.dtype.type(ctx.slope)), None
 
 
-class Sigmoid(Function):
+class SigmoidFunction(Function):
     differentiable_backward = True
 
     @staticmethod
@@ -64,7 +64,7 @@ class Sigmoid(Function):
         return g * out * (1 - out)
 
 
-class Tanh(Function):
+class TanhFunction(Function):
     differentiable_backward = True
 
     @staticmethod
@@ -79,7 +79,7 @@ class Tanh(Function):
         return g * (1 - out * out)
 
 
-class Softmax(Function):
+class SoftmaxFunction(Function):
     differentiable_backward = True
 
     @staticmethod
@@ -97,7 +97,7 @@ class Softmax(Function):
         return out * (g - (g * out).sum(axis=ctx.dim, keepdims=True)), None
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFunction(Function):
     """x - logsumexp(x), computed after subtracting the max so it never overflows."""
 
     @staticmethod
@@ -124,25 +124,25 @@ class LogSoftmax(Function):
 def relu(x: Tensor) -> Tensor:
     x = as_tensor(x)
     check_float("relu", x)
-    return ReLU.apply(x)
+    return ReLUFunction.apply(x)
 
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     x = as_tensor(x)
     check_float("leaky_relu", x)
-    return LeakyReLU.apply(x, float(negative_slope))
+    return LeakyReLUFunction.apply(x, float(negative_slope))
 
 
 def sigmoid(x: Tensor) -> Tensor:
     x = as_tensor(x)
     check_float("sigmoid", x)
-    return Sigmoid.apply(x)
+    return SigmoidFunction.apply(x)
 
 
 def tanh(x: Tensor) -> Tensor:
     x = as_tensor(x)
     check_float("tanh", x)
-    return Tanh.apply(x)
+    return TanhFunction.apply(x)
 
 
 def _one_dim(name: str, x: Tensor, dim: Any) -> int:
@@ -157,10 +157,10 @@ def _one_dim(name: str, x: Tensor, dim: Any) -> int:
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     x = as_tensor(x)
     check_float("softmax", x)
-    return Softmax.apply(x, _one_dim("softmax", x, dim))
+    return SoftmaxFunction.apply(x, _one_dim("softmax", x, dim))
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     x = as_tensor(x)
     check_float("log_softmax", x)
-    return LogSoftmax.apply(x, _one_dim("log_softmax", x, dim))
+    return LogSoftmaxFunction.apply(x, _one_dim("log_softmax", x, dim))

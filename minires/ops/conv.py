@@ -33,50 +33,8 @@ from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float
 from minires.ops.cuda import kernels as cuda_kernels
 from minires.ops.cuda import use_fast_kernels
+from minires.ops.geometry import IntPair, Window2d
 from minires.tensor import Tensor
-
-IntPair = int | tuple[int, int]
-
-
-def _pair(name: str, what: str, value: Any, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints as a pair, each at least ``minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: {what} must be an int or a pair of ints, got {value!r}")
-    try:
-        pair = (int(value), int(value)) if not hasattr(value, "__len__") else tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: {what} must be an int or a pair of ints, got {value!r}") from None
-    if len(pair) == 1:
-        pair = (pair[0], pair[0])
-    if len(pair) != 2:
-        raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name}: {what} must be >= {minimum}, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _output_size(
-    name: str,
-    size: tuple[int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-) -> tuple[int, int]:
-    """PyTorch's output-size rule; raises when the padded input is smaller than the dilated kernel."""
-    padded = (size[0] + pads[0] + pads[1], size[1] + pads[2] + pads[3])
-    reach = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-    if padded[0] < reach[0] or padded[1] < reach[1]:
-        raise ValueError(
-            f"{name}: input size {size} (padded {padded}) is smaller than the dilated kernel {reach} "
-            f"(kernel {kernel}, dilation {dilation})"
-        )
-    return ((padded[0] - reach[0]) // stride[0] + 1, (padded[1] - reach[1]) // stride[1] + 1)
-
-
-def _pads(padding: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Symmetric (pH, pW) as (top, bottom, left, right)."""
-    return (padding[0], padding[0], padding[1], padding[1])
 
 
 def _as_strided(xp: Any, a: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
@@ -112,16 +70,14 @@ def _over_batch(xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], N
     list(_pool[1].map(lambda a: work(a, min(a + chunk, n)), range(0, n, chunk)))
 
 
-def _im2col(
-    x: Any, kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int]
-) -> Any:
-    """im2col with (top, bottom, left, right) padding; see :func:`im2col`."""
+def _im2col(x: Any, window: Window2d) -> Any:
+    """im2col of x (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`im2col`."""
     xp = xp_of(x)
     n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    oh, ow = _output_size("im2col", (h, w), kernel, stride, pads, dilation)
+    (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
+    oh, ow = window.output_size
     if use_fast_kernels(x):  # cuda arrays: one CuPy kernel (minires/ops/cuda/kernels.py); this code is its reference
-        return cuda_kernels.im2col(x, kernel, stride, pads, dilation)
+        return cuda_kernels.im2col(x, window.kernel, window.stride, pads, window.dilation)
     nhwc = x.transpose(0, 2, 3, 1)  # a view; contiguous already when x is channels-last
     if kh == kw == 1 and not any(pads):  # 1x1: the columns are the (strided) pixels themselves
         return xp.ascontiguousarray(nhwc[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]).reshape(n * oh * ow, c)
@@ -147,26 +103,19 @@ def _im2col(
     return out.reshape(n * oh * ow, kh * kw * c)
 
 
-def _col2im(
-    cols: Any,
-    input_shape: tuple[int, int, int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-) -> Any:
-    """col2im with (top, bottom, left, right) padding; see :func:`col2im`."""
+def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
+    """col2im onto ``input_shape`` (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`col2im`."""
     xp = xp_of(cols)
     n, c, h, w = input_shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    oh, ow = _output_size("col2im", (h, w), kernel, stride, pads, dilation)
+    (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
+    oh, ow = window.output_size
     if tuple(cols.shape) != (n * oh * ow, kh * kw * c):
         raise ValueError(
             f"col2im: expected columns of shape {(n * oh * ow, kh * kw * c)} for input shape {tuple(input_shape)}, "
             f"got {tuple(cols.shape)}"
         )
     if use_fast_kernels(cols):  # cuda arrays: a deterministic gather kernel; this code is its reference
-        return cuda_kernels.col2im(cols, input_shape, kernel, stride, pads, dilation)
+        return cuda_kernels.col2im(cols, input_shape, window.kernel, window.stride, pads, window.dilation)
     blocks = cols.reshape(n, oh, ow, kh, kw, c)
     pt, pb, pl, pr = pads
     if kh == kw == 1 and sh == sw == 1 and not any(pads):
@@ -200,13 +149,7 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
     """
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"im2col: expected a 4-D (N, C, H, W) array, got shape {tuple(getattr(x, 'shape', ()))}")
-    return _im2col(
-        x,
-        _pair("im2col", "kernel_size", kernel_size, 1),
-        _pair("im2col", "stride", stride, 1),
-        _pads(_pair("im2col", "padding", padding, 0)),
-        _pair("im2col", "dilation", dilation, 1),
-    )
+    return _im2col(x, Window2d.of("im2col", x.shape[2:], kernel_size, stride, padding, dilation))
 
 
 def col2im(
@@ -225,16 +168,10 @@ def col2im(
     runs over the kH*kW kernel offsets, each adding one strided block (no scatter-add).
     The result is a channels-last view (values NCHW, memory NHWC) of a new array.
     """
-    if len(tuple(input_shape)) != 4:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4:
         raise ValueError(f"col2im: input_shape must be (N, C, H, W), got {tuple(input_shape)}")
-    return _col2im(
-        cols,
-        tuple(int(s) for s in input_shape),  # type: ignore[arg-type]
-        _pair("col2im", "kernel_size", kernel_size, 1),
-        _pair("col2im", "stride", stride, 1),
-        _pads(_pair("col2im", "padding", padding, 0)),
-        _pair("col2im", "dilation", dilation, 1),
-    )
+    return _col2im(cols, shape, Window2d.of("col2im", shape[2:], kernel_size, stride, padding, dilation))  # type: ignore[arg-type]
 
 
 _PIXEL_CHUNK = 8192
@@ -253,7 +190,43 @@ def _pixel_sum_matmul(a: Any, b: Any) -> Any:
     return out
 
 
-Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]  # kernel, stride, pads, dilation
+def check_groups(op: str, groups: Any, in_channels: int, out_channels: int, shapes: str = "") -> None:
+    """``groups`` must be a positive int dividing both channel counts (``shapes`` is added to the message)."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if in_channels % groups:
+        raise ValueError(f"{op}: groups={groups} does not divide the {in_channels} input channels{shapes}")
+    if out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} does not divide the {out_channels} output channels{shapes}")
+
+
+def _check_conv_arguments(
+    x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any
+) -> Window2d:
+    """Every check of a conv2d call on raw arrays, worded ``conv2d: ...``; returns the checked window."""
+    name = "conv2d"
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D weight (O, C/groups, kH, kW), got shape {tuple(weight.shape)}")
+    check_float(name, x)
+    check_float(name, weight)
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"{name}: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one (e.g. x.to(dtype=weight.dtype))"
+        )
+    o, cg, kh, kw = weight.shape
+    c = x.shape[1]
+    check_groups(name, groups, c, o, f" (input shape {tuple(x.shape)}, weight shape {tuple(weight.shape)})")
+    if c != cg * groups:
+        expects = f"{cg}" if groups == 1 else f"{cg * groups} ({cg} per group x {groups} groups)"
+        raise ValueError(f"{name}: input has {c} channels, weight expects {expects} (weight shape {tuple(weight.shape)})")
+    if bias is not None:
+        if tuple(bias.shape) != (o,):
+            raise ValueError(f"{name}: bias must have shape ({o},) for weight shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{name}: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+    return Window2d.of(name, x.shape[2:], (kh, kw), stride, padding, dilation, padding_strings=True)
 
 
 def weight_matrix(weight: Any) -> Any:
@@ -267,17 +240,15 @@ def grad_matrix(grad: Any) -> Any:
     return xp_of(grad).ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, grad.shape[1])
 
 
-def group_columns(x: Any, kernel: tuple[int, int], geometry: Geometry, groups: int) -> list[Any]:
+def group_columns(x: Any, window: Window2d, groups: int) -> list[Any]:
     """im2col of each group's channels of x: ``groups`` matrices (N*oH*oW, kH*kW*C/g)."""
-    _, stride, pads, dilation = geometry
     cg = x.shape[1] // groups
-    return [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, kernel, stride, pads, dilation) for g in range(groups)]
+    return [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, window) for g in range(groups)]
 
 
-def conv_from_columns(cols: list[Any], wmat: Any, out_shape: tuple[int, int, int, int], bias: Any = None) -> Any:
+def conv_from_columns(cols: list[Any], wmat: Any, n: int, window: Window2d, bias: Any = None) -> Any:
     """The convolution as one GEMM per group, plus bias: (N, O, oH, oW), a channels-last view."""
-    n, o, oh, ow = out_shape
-    groups = len(cols)
+    o, groups = wmat.shape[0], len(cols)
     og = o // groups
     if groups == 1:
         out = cols[0] @ wmat.T
@@ -285,37 +256,39 @@ def conv_from_columns(cols: list[Any], wmat: Any, out_shape: tuple[int, int, int
         out = xp_of(wmat).concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
     if bias is not None:
         out += bias
-    return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+    return out.reshape(n, *window.output_size, o).transpose(0, 3, 1, 2)
 
 
-def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], geometry: Geometry, groups: int) -> Any:
+def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window: Window2d, groups: int) -> Any:
     """dL/dx (N, C, H, W) = col2im(dout @ W2), per group: a transposed convolution of the gradient."""
-    kernel, stride, pads, dilation = geometry
     n, c = x_shape[:2]
     cg, og = c // groups, wmat.shape[0] // groups
     group_shape = (n, cg) + tuple(x_shape[2:])
-    parts = [
-        _col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, kernel, stride, pads, dilation)
-        for g in range(groups)
-    ]
+    parts = [_col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, window) for g in range(groups)]
     return parts[0] if groups == 1 else xp_of(gmat).concatenate(parts, axis=1)
 
 
 def weight_grad_from(cols: list[Any], gmat: Any, weight_shape: tuple[int, ...]) -> Any:
     """dL/dweight (O, C/g, kH, kW) = (dout.T @ cols) per group, summed over the pixel rows in chunks."""
     o, cg, kh, kw = weight_shape
-    og = o // len(cols)
-    gw_t = xp_of(gmat).concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(len(cols))], axis=1)
-    return xp_of(gmat).ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
+    xp, groups = xp_of(gmat), len(cols)
+    og = o // groups
+    gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
+    return xp.ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
 
 
-class Conv2d(Function):
+class Conv2dFunction(Function):
     """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring).
 
-    Under ``create_graph=True`` its input and weight gradients are themselves ops
-    (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op), whose own
-    backwards are convolutions again, so a convolution is differentiable to any order. For that,
-    forward also keeps references to x and weight (no copies)."""
+    ``Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, groups)`` takes :func:`conv2d`'s
+    arguments, all positional (bias may be None; a 4-D input), and checks them all; :func:`conv2d`
+    adds defaults, unbatched input and autocast on top.
+
+    Under ``create_graph=True`` its input and weight gradients are ops of their own
+    (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op) whose backwards
+    are convolutions again, so a convolution is differentiable to any order. For that, forward also
+    keeps references to x and weight (not copies).
+    """
 
     @staticmethod
     def forward(
@@ -323,33 +296,30 @@ class Conv2d(Function):
         x: Any,
         weight: Any,
         bias: Any,
-        stride: tuple[int, int],
-        pads: tuple[int, int, int, int],
-        dilation: tuple[int, int],
+        stride: Any,
+        padding: Any,
+        dilation: Any,
         groups: int,
     ) -> Any:
-        n, c, h, w = x.shape
-        o, cg, kh, kw = weight.shape
-        oh, ow = _output_size("conv2d", (h, w), (kh, kw), stride, pads, dilation)
-        geometry = ((kh, kw), stride, pads, dilation)
+        window = _check_conv_arguments(x, weight, bias, stride, padding, dilation, groups)
         wmat = weight_matrix(weight)
-        cols = group_columns(x, (kh, kw), geometry, groups)
-        out = conv_from_columns(cols, wmat, (n, o, oh, ow), bias)
-        ctx.geometry = (x.shape, geometry, groups)
+        cols = group_columns(x, window, groups)
+        ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
+        ctx.arguments = (stride, padding, dilation, groups)
         need_x, need_w = ctx.needs_input_grad[:2]
         ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, x if need_w else None, weight if need_x else None)
-        return out
+        return conv_from_columns(cols, wmat, x.shape[0], window, bias)
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
-        cols, wmat, _, weight = ctx.saved_tensors
-        x_shape, geometry, groups = ctx.geometry
+        cols, wmat, _, _ = ctx.saved_tensors
+        x_shape, window, groups = ctx.x_shape, ctx.window, ctx.groups
         gmat = grad_matrix(grad)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = input_grad_from(gmat, wmat, x_shape, geometry, groups)
+            gx = input_grad_from(gmat, wmat, x_shape, window, groups)
         if ctx.needs_input_grad[1]:
-            gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *geometry[0]))
+            gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *window.kernel))
         if ctx.needs_input_grad[2]:
             gb = gmat.sum(axis=0)
         return gx, gw, gb, None, None, None, None
@@ -358,33 +328,17 @@ class Conv2d(Function):
     def backward_graph(ctx: Context, grad: Tensor) -> tuple[Any, ...]:
         from minires.ops.conv_grad import Conv2dInputGradFunction, Conv2dWeightGradFunction
 
-        x_shape, geometry, groups = ctx.geometry
+        x_shape, groups = ctx.x_shape, ctx.groups
         x, weight = (ctx.saved_tensor(k) if ctx.saved_arrays[k] is not None else None for k in (2, 3))
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, geometry, groups)
+            gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, ctx.window, ctx.arguments)
         if ctx.needs_input_grad[1]:
-            gw = Conv2dWeightGradFunction.apply(x, grad, (grad.shape[1], x_shape[1] // groups, *geometry[0]), geometry, groups)
+            w_shape = (grad.shape[1], x_shape[1] // groups, *ctx.window.kernel)
+            gw = Conv2dWeightGradFunction.apply(x, grad, w_shape, ctx.window, ctx.arguments)
         if ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None, None, None
-
-
-def _resolve_padding(
-    padding: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """``padding`` (int, pair, "same" or "valid") as (top, bottom, left, right), as PyTorch pads."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions (stride {stride})")
-            total = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
-            # PyTorch puts the odd extra row/column at the bottom/right.
-            return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
-        raise ValueError(f"conv2d: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
-    return _pads(_pair("conv2d", "padding", padding, 0))
 
 
 def conv2d(
@@ -403,6 +357,7 @@ def conv2d(
     ``stride``/``padding``/``dilation`` are ints or pairs; ``padding`` may also be "valid" (0) or
     "same" (output size = input size; stride must be 1; an odd total goes bottom/right).
     The output is a channels-last view (values NCHW, memory NHWC); see the module docstring.
+    Arguments are checked by :class:`Conv2dFunction`.
     """
     x = as_tensor(x)
     weight = as_tensor(weight, like=x)
@@ -410,40 +365,7 @@ def conv2d(
     if x.ndim == 3:  # unbatched (C, H, W)
         y = conv2d(x.reshape(1, *x.shape), weight, bias, stride, padding, dilation, groups)
         return y.reshape(*y.shape[1:])
-    if x.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
-    if weight.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D weight (O, C/groups, kH, kW), got shape {tuple(weight.shape)}")
-    check_float("conv2d", x)
-    check_float("conv2d", weight)
-    if x.dtype != weight.dtype:
-        raise TypeError(
-            f"conv2d: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one (e.g. x.to(dtype=weight.dtype))"
-        )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
-    o, cg, kh, kw = weight.shape
-    c = x.shape[1]
-    if c % groups:
-        raise ValueError(f"conv2d: groups={groups} does not divide the input's {c} channels (input shape {tuple(x.shape)})")
-    if o % groups:
-        raise ValueError(
-            f"conv2d: groups={groups} does not divide the weight's {o} output channels (weight shape {tuple(weight.shape)})"
-        )
-    if c != cg * groups:
-        expects = f"{cg}" if groups == 1 else f"{cg * groups} ({cg} per group x {groups} groups)"
-        raise ValueError(f"conv2d: input has {c} channels, weight expects {expects} (weight shape {tuple(weight.shape)})")
-    if bias is not None:
-        if tuple(bias.shape) != (o,):
-            raise ValueError(f"conv2d: bias must have shape ({o},) for weight shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
-        if bias.dtype != x.dtype:
-            raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
-    kernel = (kh, kw)
-    stride2 = _pair("conv2d", "stride", stride, 1)
-    dilation2 = _pair("conv2d", "dilation", dilation, 1)
-    pads = _resolve_padding(padding, kernel, stride2, dilation2)
-    _output_size("conv2d", tuple(x.shape[2:]), kernel, stride2, pads, dilation2)  # raises on a too-small input
-    return Conv2d.apply(x, weight, bias, stride2, pads, dilation2, groups)
+    return Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
-__all__ = ["col2im", "conv2d", "im2col"]
+__all__ = ["Conv2dFunction", "check_groups", "col2im", "conv2d", "im2col"]

@@ -16,7 +16,7 @@ from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float, quiet
-from minires.ops.activations import Softmax
+from minires.ops.activations import SoftmaxFunction
 from minires.tensor import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -127,7 +127,7 @@ def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
         return g / denom
 
 
-class NLLLoss(Function):
+class NLLLossFunction(Function):
     """loss_i = -w[t_i] * log_probs[i, t_i]; backward scatters -w[t_i] * scale into the picked entries.
     The loss is linear in log_probs, so the gradient is a constant times the upstream gradient."""
 
@@ -233,7 +233,7 @@ class CrossEntropy(Function):
         saved = ctx.saved_arrays
         _, reduction, _ = ctx.meta
         logits = ctx.saved_tensor(6)
-        probs = Softmax.apply(logits, 1 if logits.ndim > 1 else 0)
+        probs = SoftmaxFunction.apply(logits, 1 if logits.ndim > 1 else 0)
         row_total, offset = _cross_entropy_terms(saved, ctx.meta)
         scale = _grad_scale(xp_of(saved[0]), g, reduction, saved[5], logits.ndim)
         return (probs * row_total + offset) * scale, None, None, None, None, None
@@ -264,7 +264,7 @@ def _cross_entropy_terms(saved: tuple[Any, ...], meta: tuple[Any, ...]) -> tuple
     return row_total, offset
 
 
-class MSELoss(Function):
+class MSELossFunction(Function):
     """loss = (input - target)^2, reduced; gradients 2 (input - target) * scale for both operands.
     Saves the operands themselves (not their difference) so the backward also runs on Tensors."""
 
@@ -304,7 +304,7 @@ def nll_loss(
     check_float(name, log_probs)
     t = _class_target(name, log_probs, target, ignore_index)
     w = _class_weight(name, weight, log_probs)
-    return NLLLoss.apply(log_probs, t, w, int(ignore_index), reduction)
+    return NLLLossFunction.apply(log_probs, t, w, int(ignore_index), reduction)
 
 
 def cross_entropy(
@@ -344,4 +344,4 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor: 
         raise ValueError(f"{name}: input has shape {x.shape} but target has shape {y.shape}; expected the same shape")
     if y.dtype != x.dtype:
         raise TypeError(f"{name}: input is {x.dtype} but target is {y.dtype}; expected the same dtype")
-    return MSELoss.apply(x, y, reduction)
+    return MSELossFunction.apply(x, y, reduction)

@@ -1,13 +1,15 @@
-"""Batch normalisation: one Function with a closed-form backward, for (N, C, *) inputs.
+"""Batch normalisation: two Functions with closed-form backwards, for (N, C, *) inputs.
 
 Per channel c over the M = N * prod(spatial) values that share it::
 
     y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
 
-Training uses the batch statistics (biased variance) and updates the running statistics in place
-(running_var with the unbiased variance, as PyTorch); eval uses the running statistics, which makes
-the op affine in x. The kernels view x as (N, C, K) with K = prod(spatial) so every per-channel
-statistic is one reduction over axes (0, 2), and work in x's float dtype throughout.
+:class:`BatchNormTrainFunction` uses the batch statistics (biased variance) and returns them;
+:func:`batch_norm` then updates the running statistics in place, outside the differentiable core
+(:func:`update_running_stats`; running_var with the unbiased variance, as PyTorch).
+:class:`BatchNormEvalFunction` uses given statistics (the running ones), which makes the op affine in x.
+The kernels view x as (N, C, K) with K = prod(spatial) so every per-channel statistic is one
+reduction over axes (0, 2), and work in x's float dtype throughout.
 """
 
 from __future__ import annotations
@@ -107,15 +109,35 @@ def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: 
     return d, dweight, sum_g
 
 
-def batch_norm_grads_graph(
-    x: Tensor, weight: Tensor | None, g: Tensor, needs: tuple[bool, bool, bool], eps: float | None, stats: Any = None
-) -> tuple[Any, Any, Any]:
-    """(dx, dweight, dbias) of batch norm with Tensor ops, so they can be differentiated again.
+def _check_input(name: str, x: Any) -> None:
+    """x must be a float (N, C) or (N, C, *spatial) array or tensor."""
+    check_float(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {tuple(x.shape)}")
 
-    Training (``stats`` None): the statistics are recomputed from the Tensor x, so the result keeps the
-    whole dependence of dx on x through the batch mean and variance (the closed form of
-    :func:`batch_norm_backward_train`, written as a graph). Eval: ``stats = (mean, invstd)`` are raw
-    (C,) constants and the op is affine in x.
+
+def _check_channel_vector(name: str, what: str, t: Any, x: Any) -> None:
+    """``t`` (weight, bias, a statistic) is None or has shape (C,) for x's C channels."""
+    c = x.shape[1]
+    if t is not None and tuple(t.shape) != (c,):
+        raise ValueError(
+            f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {tuple(x.shape)} with {c} channels"
+        )
+
+
+def _as_dtype(a: Any, dtype: Any) -> Any:
+    return None if a is None else a.astype(dtype, copy=False)
+
+
+def batch_norm_grads_graph(
+    x: Tensor, weight: Tensor | None, g: Tensor, needs: tuple[bool, bool, bool], eps: float, stats: Any = None
+) -> tuple[Any, Any, Any]:
+    """(dx, dweight, dbias) of batch norm written with Tensor ops, so they can be differentiated again.
+
+    Training (``stats`` None): the statistics are recomputed from the Tensor x, so dx keeps its whole
+    dependence on x through the batch mean and variance (the closed form of
+    :func:`batch_norm_backward_train`, as a graph). Eval: ``stats = (mean, invstd)`` are raw (C,)
+    constants and the op is affine in x. ``needs`` says which of the three to compute.
     """
     n, c = x.shape[:2]
     x3, g3 = x.reshape(n, c, -1), g.reshape(n, c, -1)
@@ -139,47 +161,77 @@ def batch_norm_grads_graph(
     return dx, dw, db
 
 
-class BatchNorm(Function):
-    """y = (x - mean) * invstd * weight + bias on x viewed as (N, C, K); running stats updated in place.
+class BatchNormTrainFunction(Function):
+    """Normalise with the batch's own statistics: ``y = (x - mean_B) * invstd_B * weight + bias``.
 
-    Arguments (raw arrays): x (N, C, *), weight (C,) or None, bias (C,) or None, running_mean and
-    running_var (C,) or None, use_batch_stats, momentum, eps. Gradients flow to x, weight and bias.
+    ``BatchNormTrainFunction.apply(x, weight, bias, eps) -> (y, mean, var)``: x (N, C, *), weight and
+    bias (C,) or None; mean and the biased var (C,) are returned (not differentiable) so the caller can
+    update running statistics; they are not touched here. Gradients go to x, weight and bias.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
+        name = "batch_norm"
+        _check_input(name, x)
+        _check_channel_vector(name, "weight", weight, x)
+        _check_channel_vector(name, "bias", bias, x)
+        per_channel = x.size // max(x.shape[1], 1)
+        if per_channel <= 1:
+            raise ValueError(
+                f"{name}: expected more than 1 value per channel when training, got input of shape {tuple(x.shape)} "
+                f"({per_channel} value(s) for each of {x.shape[1]} channels)"
+            )
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        w = _as_dtype(weight, x.dtype)
+        y3, mean, var, invstd = batch_norm_forward_train(x3, w, _as_dtype(bias, x.dtype), float(eps))
+        ctx.x_shape, ctx.eps = x.shape, float(eps)
+        ctx.save_for_backward(x3, mean, invstd, w)
+        ctx.mark_non_differentiable(1, 2)
+        return y3.reshape(x.shape), mean, var
+
+    @staticmethod
+    def backward(ctx: Context, g: Any, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, mean, invstd, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx3, dw, db = batch_norm_backward_train(g.reshape(x3.shape), x3, mean, invstd, w, need_x)
+        dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
+        return dx, (dw if need_w else None), (db if need_b else None), None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, _, _, w = ctx.saved_arrays
+        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+        weight = None if w is None else ctx.input_tensor(1, w)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, ctx.needs_input_grad[:3], ctx.eps)
+        return dx, dw, db, None
+
+
+class BatchNormEvalFunction(Function):
+    """Normalise with given statistics (eval mode): ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``BatchNormEvalFunction.apply(x, mean, var, weight, bias, eps)``: mean and var (C,) are fixed
+    (typically the running statistics) and get no gradient, so y is affine in x with per-channel slope
+    ``weight / sqrt(var + eps)``. Gradients go to x, weight and bias.
     """
 
     @staticmethod
     def forward(
-        ctx: Context,
-        x: Any,
-        weight: Any,
-        bias: Any,
-        running_mean: Any,
-        running_var: Any,
-        use_batch_stats: bool,
-        momentum: float,
-        eps: float,
+        ctx: Context, x: Any, mean: Any, var: Any, weight: Any, bias: Any, eps: float
     ) -> Any:
+        name = "batch_norm"
+        _check_input(name, x)
+        for what, t in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
+            _check_channel_vector(name, what, t, x)
         xp = xp_of(x)
         dt = x.dtype
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        w = None if weight is None else weight.astype(dt, copy=False)
-        b = None if bias is None else bias.astype(dt, copy=False)
-        ctx.x_shape, ctx.eps = x.shape, eps
-        ctx.training = use_batch_stats
-        if use_batch_stats:
-            out, mean, var, invstd = batch_norm_forward_train(x3, w, b, eps)
-            if running_mean is not None:
-                m = x3.shape[0] * x3.shape[2]
-                unbiased = var.astype(running_var.dtype) * running_var.dtype.type(m / (m - 1))
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean.astype(running_mean.dtype)
-                running_var *= 1 - momentum
-                running_var += momentum * unbiased
-        else:
-            mean = running_mean.astype(dt, copy=False)
-            invstd = (1 / xp.sqrt(running_var.astype(dt, copy=False) + dt.type(eps))).astype(dt, copy=False)
-            scale = invstd if w is None else invstd * w
-            out = xp.multiply(x3, scale[:, None])
-            out += (-mean * scale if b is None else b - mean * scale)[:, None]
+        w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
+        mean = mean.astype(dt, copy=False)
+        invstd = (1 / xp.sqrt(var.astype(dt, copy=False) + dt.type(eps))).astype(dt, copy=False)
+        scale = invstd if w is None else invstd * w
+        out = xp.multiply(x3, scale[:, None])
+        out += (-mean * scale if b is None else b - mean * scale)[:, None]
+        ctx.x_shape = x.shape
         ctx.save_for_backward(x3, mean, invstd, w)
         return out.reshape(x.shape)
 
@@ -187,40 +239,39 @@ class BatchNorm(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
         x3, mean, invstd, w = ctx.saved_tensors
         xp = xp_of(g)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
         g3 = g.reshape(x3.shape)
         dx = dw = db = None
-        if ctx.training:
-            dx3, dw, db = batch_norm_backward_train(g3, x3, mean, invstd, w, need_x)
-            dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
-        else:
-            # eval: y is affine in x with per-channel slope weight * invstd
-            if need_x:
-                k = invstd if w is None else invstd * w
-                dx = xp.multiply(g3, k[:, None]).reshape(ctx.x_shape)
-            if need_w:  # sum(g * (x - mean)) block by block, so the difference stays in cache
-                dw = sum(_channel_dot(xp, g3[b], x3[b] - mean[:, None]) for b in _blocks(xp, x3)) * invstd
-            if need_b:
-                db = _channel_sum(xp, g3)
-        return dx, (dw if need_w else None), (db if need_b else None), None, None, None, None, None
+        if need_x:
+            k = invstd if w is None else invstd * w
+            dx = xp.multiply(g3, k[:, None]).reshape(ctx.x_shape)
+        if need_w:  # sum(g * (x - mean)) block by block, so the difference stays in cache
+            dw = sum(_channel_dot(xp, g3[b], x3[b] - mean[:, None]) for b in _blocks(xp, x3)) * invstd
+        if need_b:
+            db = _channel_sum(xp, g3)
+        return dx, None, None, dw, db, None
 
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
-        x3, mean, invstd, w = ctx.saved_arrays
+        x3, mean, invstd, w = ctx.saved_arrays  # mean and invstd: the fixed statistics, constants here
+        need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
         x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
-        weight = None if w is None else ctx.input_tensor(1, w)
-        stats = None if ctx.training else (mean, invstd)
-        dx, dw, db = batch_norm_grads_graph(x, weight, g, ctx.needs_input_grad[:3], ctx.eps, stats)
-        return dx, dw, db, None, None, None, None, None
+        weight = None if w is None else ctx.input_tensor(3, w)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), 0.0, (mean, invstd))
+        return dx, None, None, dw, db, None
 
 
-def _check_channel_vector(name: str, what: str, t: Any, c: int, x: Tensor) -> None:
-    if t is None:
-        return
-    if tuple(t.shape) != (c,):
-        raise ValueError(f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {x.shape} with {c} channels")
-    if t.device != x.device:
-        raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+def update_running_stats(running_mean: Any, running_var: Any, mean: Any, var: Any, count: int, momentum: float) -> None:
+    """``r = (1 - momentum) * r + momentum * batch_stat`` in place on raw (C,) arrays.
+
+    ``var`` is the biased batch variance over ``count`` values per channel; running_var takes the
+    unbiased one, ``var * count / (count - 1)``, as PyTorch. Not part of any autograd graph.
+    """
+    unbiased = var.astype(running_var.dtype) * running_var.dtype.type(count / (count - 1))
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean.astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += momentum * unbiased
 
 
 def batch_norm(
@@ -235,34 +286,26 @@ def batch_norm(
 ) -> Tensor:
     """Batch normalisation of x (N, C) or (N, C, *spatial) over every axis but the channel axis 1.
 
-    ``training=True`` (or no running statistics) normalises with the batch mean and biased variance;
-    when running_mean / running_var (C,) are given in training they are updated in place:
-    ``r = (1 - momentum) * r + momentum * batch_stat`` with the unbiased variance for running_var.
-    Eval mode normalises with the running statistics. weight / bias (C,) are the optional affine
-    parameters. Returns a tensor shaped like x.
+    ``training=True`` (or no running statistics) normalises with the batch mean and biased variance
+    (:class:`BatchNormTrainFunction`); when running_mean / running_var (C,) are given in training they
+    are then updated in place: ``r = (1 - momentum) * r + momentum * batch_stat`` with the unbiased
+    variance for running_var. Eval mode normalises with the running statistics
+    (:class:`BatchNormEvalFunction`). weight / bias (C,) are the optional affine parameters. Returns a
+    tensor shaped like x.
     """
     name = "batch_norm"
     (x,) = cast_to_float32(as_tensor(x))  # float16 input -> float32 statistics under autocast
-    check_float(name, x)
-    if x.ndim < 2:
-        raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {x.shape}")
+    _check_input(name, x)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
-    c = x.shape[1]
-    weight = None if weight is None else as_tensor(weight)
-    bias = None if bias is None else as_tensor(bias)
-    running_mean = None if running_mean is None else as_tensor(running_mean)
-    running_var = None if running_var is None else as_tensor(running_var)
-    for what, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        _check_channel_vector(name, what, t, c, x)
-    use_batch_stats = bool(training) or running_mean is None
-    if use_batch_stats:
-        per_channel = x.numel() // max(c, 1)
-        if per_channel <= 1:
-            raise ValueError(
-                f"{name}: expected more than 1 value per channel when training, got input of shape {x.shape} "
-                f"({per_channel} value(s) for each of {c} channels)"
-            )
-    rm = None if running_mean is None else running_mean.data
-    rv = None if running_var is None else running_var.data
-    return BatchNorm.apply(x, weight, bias, rm, rv, use_batch_stats, float(momentum), float(eps))
+    weight, bias, running_mean, running_var = (None if t is None else as_tensor(t) for t in (weight, bias, running_mean, running_var))
+    if not training and running_mean is not None:
+        return BatchNormEvalFunction.apply(x, running_mean, running_var, weight, bias, float(eps))
+    for what, t in (("running_mean", running_mean), ("running_var", running_var)):  # updated below, outside any Function
+        _check_channel_vector(name, what, t, x)
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+    y, mean, var = BatchNormTrainFunction.apply(x, weight, bias, float(eps))
+    if running_mean is not None:
+        update_running_stats(running_mean.data, running_var.data, mean.data, var.data, x.numel() // x.shape[1], float(momentum))
+    return y
