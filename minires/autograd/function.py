@@ -185,6 +185,12 @@ class TensorContext:
         return getattr(self._node.ctx, name)
 
     @property
+    def raw(self) -> Context:
+        """The op's own Context, e.g. to call its raw backward as a linear map of the gradient."""
+        assert self._node.ctx is not None  # the engine refuses a freed node before it gets here
+        return self._node.ctx
+
+    @property
     def saved_arrays(self) -> tuple[Any, ...]:
         """The saved values exactly as forward saved them (raw arrays): for values that are constants."""
         return self._node.ctx.saved_tensors
