@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from test_model_gradients import BLOCK_CASES, kink_margin, leaf_input, make_block
 
 import minires as mr
 from minires import models
-from minires.testing import check_grads
+from minires.testing import check_grads, float_arrays
 
 
 def away_from_kinks(model: mr.nn.Module, shape: tuple[int, ...], margin: float) -> mr.Tensor:
@@ -69,3 +71,14 @@ def test_a_wrong_second_derivative_in_a_block_is_caught(monkeypatch: pytest.Monk
     x = away_from_kinks(block, shape, 1e-3)
     with pytest.raises(mr.GradcheckError):
         mr.gradgradcheck(lambda a: block(a), [x], eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+@settings(max_examples=5)
+@given(kind=st.sampled_from(["basic", "bottleneck", "preact_basic", "option_a"]), train=st.booleans(), data=st.data())
+def test_block_second_order_on_drawn_inputs(kind: str, train: bool, data: st.DataObject) -> None:
+    block, shape = make_block(kind, kind == "option_a")
+    block.train(train)
+    x = mr.tensor(data.draw(float_arrays(shape)), requires_grad=True)
+    assume(kink_margin(block, x) > 1e-3)  # off ReLU kinks, as the first-order tests
+    assert mr.gradgradcheck(lambda a: block(a), [x], eps=1e-7, atol=1e-6, rtol=1e-4, fast_mode=True)
+    check_grads(lambda a: block(a), [x.detach()], order=2, modes=("rev",), eps=1e-7, atol=1e-6, rtol=1e-4)
