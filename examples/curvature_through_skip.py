@@ -41,6 +41,7 @@ import minires.nn.functional as F
 from minires.autograd import functional as AF
 from minires.data import load_digits
 from minires.models import BasicBlock
+from minires.optim import SGD
 
 
 def curvature_through_skip(channels: int, size: int, batch: int, directions: int, seed: int) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def penalty_training(steps: int, batch: int, penalty: float, seed: int) -> dict[
     for lam in (0.0, penalty):
         mr.manual_seed(seed)
         model = SmallNet()
-        opt = mr.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
         rng = np.random.default_rng(seed)
         history = []
         for _ in range(steps):
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="runs/examples/curvature_through_skip", help="folder for results.json")
     parser.add_argument("--quick", action="store_true", help="smaller block, fewer directions and steps (seconds)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--penalty", type=float, default=1.0, help="lambda of the gradient penalty")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     print("Part 1: Hessian-vector products through a residual block and its plain twin (float64)")
@@ -167,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         directions=2 if args.quick else 5, seed=args.seed,
     )
     print("Part 2: gradient-penalty training on digits (CE + lambda * |dCE/dx|^2)")
-    part2 = penalty_training(steps=15 if args.quick else 150, batch=32, penalty=0.5, seed=args.seed)
+    part2 = penalty_training(steps=15 if args.quick else 150, batch=32, penalty=args.penalty, seed=args.seed)
     results = {"curvature": part1, "penalty": part2}
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)

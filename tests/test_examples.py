@@ -104,3 +104,15 @@ def test_train_cifar_without_data_dir_refuses_a_full_run(tmp_path: Path) -> None
 def test_example_has_main_and_quick_flag(name: str) -> None:
     source = (EXAMPLES / f"{name}.py").read_text()
     assert "def main(argv" in source and '"--quick"' in source and '"--out"' in source
+
+
+def test_curvature_through_skip(tmp_path: Path) -> None:
+    out = run_example("curvature_through_skip", tmp_path)
+    # H_res v - H_plain v = v + Jv + J^T v, each side computed independently (hvp vs jvp + vjp)
+    assert number_after("max relative error of H_res v - H_plain v against v + Jv + J^T v:", out) < 1e-10
+    results = json.loads((tmp_path / "results.json").read_text())
+    for row in results["curvature"]["directions"]:
+        assert abs(row["vHv_residual"] - row["vHv_plain"] - row["skip_term"]) < 1e-8
+    penalty = results["penalty"]
+    assert penalty["penalised"]["lambda"] > 0 and penalty["plain"]["lambda"] == 0
+    assert penalty["penalised"]["last_ce"] < penalty["penalised"]["first_ce"]  # it trains
