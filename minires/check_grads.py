@@ -20,18 +20,10 @@ import numpy as np
 from minires import backend
 from minires.autograd import functional
 from minires.autograd.grad_mode import no_grad
-from minires.gradcheck import GradcheckError
+from minires.gradcheck import GradcheckError, _outputs
 from minires.tensor import Tensor
 
 Tol = tuple[float, float, float]  # (atol, rtol, eps)
-
-
-def _outputs(f: Callable[..., Any], args: Sequence[Tensor]) -> list[Tensor]:
-    out = f(*args)
-    outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    if not all(isinstance(o, Tensor) for o in outs):
-        raise TypeError("check_grads: f must return a Tensor or a tuple of Tensors")
-    return outs
 
 
 def _values(f: Callable[..., Any], args: Sequence[Tensor]) -> list[np.ndarray]:

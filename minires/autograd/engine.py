@@ -60,15 +60,26 @@ class _ArrayGrads:
         # Never in place: the same array may have been handed to several inputs (e.g. by add's backward).
         return grad if current is None else current + grad
 
+    @classmethod
+    def run_hooks(cls, hooks: list[Any], grad: Any) -> Any:
+        """Each hook sees the gradient as a Tensor; one that returns something replaces it."""
+        for hook in hooks:
+            result = hook(cls.as_tensor(grad))
+            if result is not None:
+                grad = cls.from_hook(result)
+        return grad
+
     @staticmethod
-    def run_hooks(hooks: list[Any], grad: Any) -> Any:
+    def as_tensor(grad: Any) -> Any:
         from minires.tensor import Tensor
 
-        for hook in hooks:
-            result = hook(Tensor._from_array(grad))
-            if result is not None:
-                grad = result.data if isinstance(result, Tensor) else result
-        return grad
+        return Tensor._from_array(grad)
+
+    @staticmethod
+    def from_hook(result: Any) -> Any:
+        from minires.tensor import Tensor
+
+        return result.data if isinstance(result, Tensor) else result  # an array stays as it is
 
     @staticmethod
     def call_backward(node: Node, grads: list[Any]) -> Any:
@@ -83,9 +94,9 @@ class _ArrayGrads:
         tensor._accumulate_grad(grad)
 
 
-class _TensorGrads:
+class _TensorGrads(_ArrayGrads):
     """``create_graph=True``: gradients are Tensors and each node's differentiable backward records
-    the graph of the gradient computation itself."""
+    the graph of the gradient computation itself (accumulation is the same ``+``, now recorded)."""
 
     @staticmethod
     def zeros(like: Any, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -94,16 +105,12 @@ class _TensorGrads:
         return Tensor._from_array(backend.xp_of(like.data).zeros(shape, dtype=dtype))
 
     @staticmethod
-    def accumulate(current: Any, grad: Any) -> Any:
-        return grad if current is None else current + grad
+    def as_tensor(grad: Any) -> Any:
+        return grad
 
     @staticmethod
-    def run_hooks(hooks: list[Any], grad: Any) -> Any:
-        for hook in hooks:
-            result = hook(grad)
-            if result is not None:
-                grad = result
-        return grad
+    def from_hook(result: Any) -> Any:
+        return result
 
     @staticmethod
     def call_backward(node: Node, grads: list[Any]) -> Any:
