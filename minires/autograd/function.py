@@ -108,31 +108,27 @@ GradientEdge = Edge | LeafEdge
 
 def gradient_edge(t: Tensor) -> GradientEdge:
     """Where a gradient for ``t`` goes: the op that made it (and which of its outputs ``t`` is), or ``t`` itself."""
-    return LeafEdge(t) if t.grad_fn is None else Edge(t.grad_fn, t._output_index)
+    # tuple.__new__ builds the named tuple without NamedTuple's Python-level __new__: this runs for
+    # every recorded input of every op, on the first-order fast path.
+    if t.grad_fn is None:
+        return tuple.__new__(LeafEdge, (t,))
+    return tuple.__new__(Edge, (t.grad_fn, t._output_index))
 
 
-def _saved_sources(saved: tuple[Any, ...], inputs: list[Any], outputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    """For each saved array: ``("input", i)`` or ``("output", j)`` when it is that very object, else None.
-
-    Found by identity when forward is recorded, so a differentiable backward can put the saved
-    arrays back on the graph (:class:`TensorContext`)."""
-    sources: list[Any] = []
-    for k, s in enumerate(saved):
-        source = None
-        if k < len(inputs) and inputs[k] is s:  # ops save their arguments in order: x * x.detach() stays apart
-            sources.append(("input", k))
-            continue
-        for i, a in enumerate(inputs):
-            if a is s:
-                source = ("input", i)
-                break
-        else:
-            for j, o in enumerate(outputs):
-                if o is s:
-                    source = ("output", j)
-                    break
-        sources.append(source)
-    return tuple(sources)
+def _saved_source(k: int, saved: Any, ids: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[str, int] | None:
+    """Where the k-th saved array came from: ``("input", i)`` or ``("output", j)`` if it is that very
+    object, else None. ``ids`` are the ids of forward's arguments and outputs taken when it was
+    recorded; the saved array was alive together with them then, so equal ids mean the same object."""
+    inputs, outputs = ids
+    if k < len(inputs) and inputs[k] == id(saved):  # ops save their arguments in order: x * x.detach() stays apart
+        return ("input", k)
+    for i, a in enumerate(inputs):
+        if a == id(saved):
+            return ("input", i)
+    for j, o in enumerate(outputs):
+        if o == id(saved):
+            return ("output", j)
+    return None
 
 
 class Node:
@@ -144,7 +140,7 @@ class Node:
     """
 
     __slots__ = (
-        "function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed", "saved_sources"
+        "function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed", "forward_ids"
     )
 
     def __init__(
@@ -158,7 +154,7 @@ class Node:
         self.hooks: dict[int, list[Any]] = {}
         self.retained: dict[int, weakref.ref[Tensor]] = {}
         self.freed = False
-        self.saved_sources: tuple[Any, ...] = ()  # see _saved_sources
+        self.forward_ids: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # see _saved_source
 
     @property
     def name(self) -> str:
@@ -197,7 +193,7 @@ class TensorContext:
 
     @property
     def saved_tensors(self) -> tuple[Any, ...]:
-        return tuple(self.saved_tensor(k) for k in range(len(self._node.saved_sources)))
+        return tuple(self.saved_tensor(k) for k in range(len(self._node.ctx.saved_tensors)))
 
     def input_tensor(self, i: int, value: Any) -> Tensor:
         """``value`` (forward's argument i, e.g. rebuilt from a reshaped copy forward saved) as a Tensor
@@ -213,9 +209,10 @@ class TensorContext:
         """The k-th saved value: a Tensor on the graph for a forward argument or output, an array
         for a mask or indices; a floating-point intermediate is refused (see the module docstring)."""
         node = self._node
-        array, source = node.ctx.saved_tensors[k], node.saved_sources[k]
+        array = node.ctx.saved_tensors[k]
         if getattr(array, "dtype", None) is None or array.dtype.kind not in "fc":
             return array  # a mask, indices, or None: stays as it is
+        source = _saved_source(k, array, node.forward_ids)
         if source is None:
             raise RuntimeError(
                 f"{node.name}: saved value {k} is a floating-point array that is neither an argument nor "
@@ -319,9 +316,8 @@ class Function:
             meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
             node = Node(cls, ctx, edges, meta)
             node.output_meta = [(r.shape, r.dtype) for r in results]
-            saved = ctx.saved_tensors
-            if saved:
-                node.saved_sources = _saved_sources(saved, raw, outputs)
+            if ctx.saved_tensors:  # cheap ids now; which saved array is which argument is worked out if needed
+                node.forward_ids = (tuple(map(id, raw)), tuple(map(id, outputs)))
             for i, r in enumerate(results):
                 if i not in ctx._non_differentiable and r.dtype.kind in "fc":
                     r.requires_grad = True
