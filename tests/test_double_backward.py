@@ -17,7 +17,17 @@ from hypothesis import strategies as st
 
 import minires as mr
 import minires.nn.functional as F
-from minires.testing import arrays_away_from, arrays_without_ties, broadcastable_shapes, check_grads, float_arrays, shapes
+from minires.testing import (
+    ConvConfig,
+    arrays_away_from,
+    arrays_without_ties,
+    broadcastable_shapes,
+    check_grads,
+    conv_configs,
+    float_arrays,
+    pool_configs,
+    shapes,
+)
 
 SMALL = shapes(min_dims=1, max_dims=3, max_side=3)
 MATRIX = shapes(min_dims=2, max_dims=2, max_side=3)
@@ -261,3 +271,69 @@ def test_batch_norm_train_and_eval(x: np.ndarray, w: np.ndarray, b: np.ndarray, 
 @given(x=arrays_without_ties(st.just((4, 3)), gap=0.1))  # distinct values: no channel of near-zero variance
 def test_batch_norm_without_affine_on_2d_input(x: np.ndarray) -> None:
     order_two(lambda a: F.batch_norm(a, None, None, training=True) ** 3, x)
+
+
+# ----- convolution --------------------------------------------------------------------------------------
+@FEW
+@given(cfg=conv_configs(max_channels=4, max_size=6), bias=st.booleans(), data=st.data())
+def test_conv2d_any_geometry(cfg: ConvConfig, bias: bool, data: st.DataObject) -> None:
+    x = data.draw(float_arrays(cfg.input_shape))
+    w = data.draw(float_arrays(cfg.weight_shape))
+    b = data.draw(float_arrays((cfg.out_channels,)))
+    kw = dict(stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, groups=cfg.groups)
+    # tanh makes the output nonlinear in (x, w): d2/dx dw and the second derivatives through tanh
+    order_two(lambda x_, w_, b_: F.conv2d(x_, w_, b_ if bias else None, **kw).tanh() * (b_ * b_).sum(), x, w, b)
+
+
+@FEW
+@given(kernel=st.sampled_from([(2, 2), (2, 3), (3, 3)]), data=st.data())
+def test_conv2d_same_padding_asymmetric(kernel: tuple[int, int], data: st.DataObject) -> None:
+    x = data.draw(float_arrays((1, 2, 4, 5)))
+    w = data.draw(float_arrays((2, 2, *kernel)))
+    order_two(lambda x_, w_: F.conv2d(x_, w_, padding="same").tanh(), x, w)
+
+
+# ----- pooling ------------------------------------------------------------------------------------------
+@FEW
+@given(cfg=pool_configs(max_size=6), data=st.data())
+def test_max_pool2d(cfg: Any, data: st.DataObject) -> None:
+    x = data.draw(arrays_without_ties(st.just(cfg.input_shape), gap=0.05))
+    kw = dict(kernel_size=cfg.kernel_size, stride=cfg.stride, padding=cfg.padding, dilation=cfg.dilation, ceil_mode=cfg.ceil_mode)
+    order_two(lambda a: F.max_pool2d(a * a.abs(), **kw) ** 2, x)  # a|a| keeps the order: no new ties
+
+
+@FEW
+@given(cfg=pool_configs(max_size=6), include_pad=st.booleans(), data=st.data())
+def test_avg_pool2d(cfg: Any, include_pad: bool, data: st.DataObject) -> None:
+    x = data.draw(float_arrays(cfg.input_shape))
+    kw = dict(kernel_size=cfg.kernel_size, stride=cfg.stride, padding=cfg.padding, ceil_mode=cfg.ceil_mode)
+    kw["count_include_pad"] = include_pad
+    order_two(lambda a: F.avg_pool2d(a.tanh(), **kw) ** 2, x)
+
+
+@FEW
+@given(out=st.sampled_from([1, 2, (2, 3), (3, 1)]), data=st.data())
+def test_adaptive_pools(out: Any, data: st.DataObject) -> None:
+    x = data.draw(arrays_without_ties(st.just((2, 2, 5, 4)), gap=0.05))
+    order_two(lambda a: F.adaptive_avg_pool2d(a * a, out) ** 2 + F.adaptive_max_pool2d(a * a.abs(), out) ** 3, x)
+
+
+def test_every_built_in_function_is_twice_differentiable() -> None:
+    """A guard for new ops: each Function in minires opts in to create_graph (backward_graph, or a
+    backward written with operations Tensors share)."""
+    import importlib
+    import pkgutil
+
+    import minires
+
+    for info in pkgutil.walk_packages(minires.__path__, "minires."):
+        if "cuda" not in info.name:
+            importlib.import_module(info.name)
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
+
+    found = [c for c in subclasses(mr.Function) if c.__module__.startswith("minires.")]
+    assert len(found) > 40
+    missing = [c.__qualname__ for c in found if c.backward_graph is None and not c.differentiable_backward]
+    assert missing == []
