@@ -337,3 +337,34 @@ def test_every_built_in_function_is_twice_differentiable() -> None:
     assert len(found) > 40
     missing = [c.__qualname__ for c in found if c.backward_graph is None and not c.differentiable_backward]
     assert missing == []
+
+
+def test_planted_bugs_in_second_derivatives_are_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from minires.ops import conv_grad, pooling
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((1, 2, 4, 4)), rng.standard_normal((3, 2, 3, 3))
+
+    def conv(a: mr.Tensor, b: mr.Tensor) -> mr.Tensor:
+        return F.conv2d(a, b, padding=1).tanh()
+
+    # the transposed convolution's raw backward drops its weight term: gradgradcheck sees it
+    raw = conv_grad.Conv2dInputGradFunction.backward
+    without_weight_term = staticmethod(lambda ctx, g: (raw(ctx, g)[0], None, None, None, None))
+    monkeypatch.setattr(conv_grad.Conv2dInputGradFunction, "backward", without_weight_term)
+    with pytest.raises(mr.GradcheckError):
+        mr.gradgradcheck(conv, [leaf(x), leaf(w)])
+    monkeypatch.undo()
+    # its differentiable backward (third order) drops the weight term: check_grads(order=2) recurses into it
+    graph = conv_grad.Conv2dInputGradFunction.backward_graph
+    monkeypatch.setattr(
+        conv_grad.Conv2dInputGradFunction, "backward_graph", staticmethod(lambda ctx, g: (graph(ctx, g)[0], None, None, None, None))
+    )
+    with pytest.raises(mr.GradcheckError):
+        check_grads(conv, [leaf(x), leaf(w)], order=2)
+    monkeypatch.undo()
+    # max-pool's double backward gathers at the wrong window offset
+    gather = pooling._gather_by_window_offset
+    monkeypatch.setattr(pooling, "_gather_by_window_offset", lambda u, arg, window: gather(u, (arg + 1) % 4, window))
+    with pytest.raises(mr.GradcheckError):
+        mr.gradgradcheck(lambda a: F.max_pool2d(a, 2) ** 2, [leaf(rng.permutation(32).reshape(1, 2, 4, 4) * 0.1)])
