@@ -192,12 +192,13 @@ def _walk(roots: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool, kin
         else:
             leaf_targets[id(t)] = position
     needed = None if inputs is None else _nodes_leading_to(order, set(targets), set(leaf_targets))
+    owners = {node_id for node_id, _ in targets}  # nodes whose outputs autograd.grad asked for
     captured: list[Any] = [None] * len(inputs or ())
 
     for node in order:
         out_grads = pending.pop(id(node), None)
-        if out_grads is None:
-            continue
+        if out_grads is None or (needed is not None and id(node) not in needed and id(node) not in owners):
+            continue  # autograd.grad runs (and calls the hooks of) only what leads to its inputs
         like = next(g for g in out_grads if g is not None)
         for i, g in enumerate(out_grads):
             if g is None:
@@ -235,12 +236,13 @@ def _walk(roots: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool, kin
                 _send(edge, _check_grad(node, index, g, kind), pending, leaf_grads, kind)
 
     for leaf, g in leaf_grads.values():
+        if needed is not None and id(leaf) not in leaf_targets:
+            continue
         g = kind.run_hooks(leaf._hooks, g)
-        if needed is None:
-            if leaf.requires_grad:
-                kind.deliver(leaf, g)
-        elif id(leaf) in leaf_targets:
+        if needed is not None:
             captured[leaf_targets[id(leaf)]] = g
+        elif leaf.requires_grad:
+            kind.deliver(leaf, g)
     return None if inputs is None else captured
 
 
