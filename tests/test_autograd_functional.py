@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 
 import minires as mr
+import minires.nn.functional as F
 from minires.autograd import functional as AF
 from minires.testing import float_arrays
 
@@ -97,3 +98,28 @@ def test_matches_torch_functional() -> None:
         lambda a: ((tw @ a).tanh() ** 2).sum() + (a**3).sum(), torch.tensor(x), torch.tensor(v)
     )
     np.testing.assert_allclose(hv.numpy(), thv.numpy(), rtol=1e-12)
+
+
+def test_hvp_through_conv_batchnorm_pool_matches_torch() -> None:
+    torch = pytest.importorskip("torch")
+    tF = torch.nn.functional
+    rng = np.random.default_rng(3)
+    x0, w0, w1 = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal((4, 3, 2, 2))
+    g0, b0, v0 = rng.random(3) + 0.5, rng.standard_normal(3), rng.standard_normal((3, 2, 3, 3))
+    target = np.array([1, 3])
+
+    def net(f: Any, x: Any, w: Any, wb: Any, gamma: Any, beta: Any, tgt: Any) -> Any:
+        h = f.conv2d(x, w, padding=1, stride=1)
+        h = f.batch_norm(h, None, None, gamma, beta, training=True)
+        h = f.max_pool2d(f.relu(h), 2)
+        h = f.conv2d(h, wb, stride=1, dilation=1, groups=1)
+        h = f.adaptive_avg_pool2d(h, 1).flatten(1)
+        return f.cross_entropy(h, tgt, label_smoothing=0.1)
+
+    m = [mr.tensor(a) for a in (x0, w1, g0, b0)]
+    _, hv = AF.hvp(lambda w: net(F, m[0], w, m[1], m[2], m[3], mr.tensor(target)), t64(w0), t64(v0))
+    tm = [torch.tensor(a) for a in (x0, w1, g0, b0)]
+    _, thv = torch.autograd.functional.hvp(
+        lambda w: net(tF, tm[0], w, tm[1], tm[2], tm[3], torch.tensor(target)), torch.tensor(w0), torch.tensor(v0)
+    )
+    np.testing.assert_allclose(hv.numpy(), thv.numpy(), rtol=1e-9, atol=1e-12)
