@@ -277,6 +277,22 @@ def weight_grad_from(cols: list[Any], gmat: Any, weight_shape: tuple[int, ...]) 
     return xp.ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
 
 
+def input_from_columns(cols: list[Any], x_shape: tuple[int, ...], window: Window2d) -> Any:
+    """x (N, C, H, W) rebuilt from its per-group im2col columns (the double backward's copy of x).
+
+    col2im adds up every copy of a pixel, so divide by how many windows read it: x (to rounding) at
+    every pixel a window reads, 0 at pixels none reads -- which the convolution never uses either.
+    """
+    xp = xp_of(cols[0])
+    n, c = x_shape[:2]
+    group_shape = (n, c // len(cols)) + tuple(x_shape[2:])
+    parts = []
+    for columns in cols:
+        copies = _col2im(xp.ones_like(columns), group_shape, window)
+        parts.append(_col2im(columns, group_shape, window) / xp.maximum(copies, 1))
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
+
+
 class Conv2dFunction(Function):
     """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring).
 
@@ -286,8 +302,10 @@ class Conv2dFunction(Function):
 
     Under ``create_graph=True`` its input and weight gradients are ops of their own
     (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op) whose backwards
-    are convolutions again, so a convolution is differentiable to any order. For that, forward also
-    keeps references to x and weight (not copies).
+    are convolutions again, so a convolution is differentiable to any order. Those need x and the
+    weight as Tensors: forward keeps a reference to the weight (a parameter, alive anyway) and x is
+    rebuilt from the saved columns (:func:`input_from_columns`), so the first-order path keeps no more
+    memory than it needs.
     """
 
     @staticmethod
@@ -307,12 +325,12 @@ class Conv2dFunction(Function):
         ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
         ctx.arguments = (stride, padding, dilation, groups)
         need_x, need_w = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, x if need_w else None, weight if need_x else None)
+        ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, weight if need_x else None)
         return conv_from_columns(cols, wmat, x.shape[0], window, bias)
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
-        cols, wmat, _, _ = ctx.saved_tensors
+        cols, wmat, _ = ctx.saved_tensors
         x_shape, window, groups = ctx.x_shape, ctx.window, ctx.groups
         gmat = grad_matrix(grad)
         gx = gw = gb = None
@@ -329,11 +347,13 @@ class Conv2dFunction(Function):
         from minires.ops.conv_grad import Conv2dInputGradFunction, Conv2dWeightGradFunction
 
         x_shape, groups = ctx.x_shape, ctx.groups
-        x, weight = (ctx.saved_tensor(k) if ctx.saved_arrays[k] is not None else None for k in (2, 3))
+        cols, _, weight = ctx.saved_arrays
+        weight = None if weight is None else ctx.saved_tensor(2)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, ctx.window, ctx.arguments)
         if ctx.needs_input_grad[1]:
+            x = ctx.input_tensor(0, input_from_columns(cols, x_shape, ctx.window))
             w_shape = (grad.shape[1], x_shape[1] // groups, *ctx.window.kernel)
             gw = Conv2dWeightGradFunction.apply(x, grad, w_shape, ctx.window, ctx.arguments)
         if ctx.needs_input_grad[2]:
