@@ -82,10 +82,6 @@ class _ArrayGrads:
         return result.data if isinstance(result, Tensor) else result  # an array stays as it is
 
     @staticmethod
-    def call_backward(node: Node, grads: list[Any]) -> Any:
-        return node.function.backward(node.ctx, *grads)
-
-    @staticmethod
     def cast(grad: Any, dtype: Any) -> Any:
         return grad.astype(dtype)
 
@@ -111,10 +107,6 @@ class _TensorGrads(_ArrayGrads):
     @staticmethod
     def from_hook(result: Any) -> Any:
         return result
-
-    @staticmethod
-    def call_backward(node: Node, grads: list[Any]) -> Any:
-        return differentiable_backward(node, grads)
 
     @staticmethod
     def cast(grad: Any, dtype: Any) -> Any:
@@ -221,7 +213,10 @@ def _walk(roots: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool, kin
                 "values were freed after the first backward. Pass retain_graph=True to the first "
                 "backward() to keep them."
             )
-        in_grads = kind.call_backward(node, out_grads)
+        if kind is _ArrayGrads:  # first order: the op's raw-array backward, as always
+            in_grads = node.function.backward(node.ctx, *out_grads)
+        else:
+            in_grads = differentiable_backward(node, out_grads)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         if len(in_grads) != len(node.edges):
