@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minires as mr
@@ -380,3 +380,15 @@ def test_planted_bugs_in_second_derivatives_are_caught(monkeypatch: pytest.Monke
     monkeypatch.setattr(pooling, "_gather_by_window_offset", lambda u, arg, window: gather(u, (arg + 1) % 4, window))
     with pytest.raises(mr.GradcheckError):
         mr.gradgradcheck(lambda a: F.max_pool2d(a, 2) ** 2, [leaf(rng.permutation(32).reshape(1, 2, 4, 4) * 0.1)])
+
+
+@FEW
+@given(x=arrays_without_ties(st.just((3, 2, 2, 2)), gap=0.1), r=float_arrays((3, 2, 2, 2)), train=st.booleans())
+def test_fused_batch_norm_add_relu(x: np.ndarray, r: np.ndarray, train: bool) -> None:
+    from minires.ops.normalization import batch_norm_add_relu
+
+    stats = (mr.tensor(np.array([0.3, -0.2])), mr.tensor(np.array([0.8, 1.7]))) if not train else (None, None)
+    pre = F.batch_norm(leaf(x), *stats, leaf(np.array([0.9, 1.2])), leaf(np.array([0.1, -0.3])), training=train).detach().numpy() + r
+    assume(float(np.abs(pre).min()) > 1e-3)  # off the ReLU's kink
+    w, b = np.array([0.9, 1.2]), np.array([0.1, -0.3])
+    order_two(lambda a, res, w_, b_: batch_norm_add_relu(a, res, *stats, w_, b_, training=train) ** 2, x, r, w, b)

@@ -290,6 +290,15 @@ class BatchNormEvalFunction(Function):
         dx3, dw, db = batch_norm_backward_eval(g.reshape(x3.shape), x3, mean, invstd, w, need_x, need_w, need_b)
         return None if dx3 is None else dx3.reshape(ctx.x_shape), None, None, dw, db, None
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
+        x3, mean, invstd, w = ctx.saved_arrays  # mean and invstd: the fixed statistics, constants here
+        need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
+        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+        weight = None if w is None else ctx.input_tensor(3, w)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), 0.0, (mean, invstd))
+        return dx, None, None, dw, db, None
+
 
 class BatchNormAddReLUFunction(Function):
     """``relu(batch_norm(x) + residual)``: the tail of a post-activation residual block as one op.
@@ -315,7 +324,7 @@ class BatchNormAddReLUFunction(Function):
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         r3 = residual.astype(dt, copy=False).reshape(x3.shape)
         w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
-        ctx.training = mean is None
+        ctx.training, ctx.eps = mean is None, float(eps)
         if ctx.training:
             _check_batch_statistics(name, x)
             y3, mean, var, invstd = batch_norm_forward_train(x3, w, b, float(eps), r3, relu=True)
@@ -342,13 +351,15 @@ class BatchNormAddReLUFunction(Function):
         return dx, dr, (dw if need_w else None), (db if need_b else None), None, None, None
 
     @staticmethod
-    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
-        x3, mean, invstd, w = ctx.saved_arrays  # mean and invstd: the fixed statistics, constants here
-        need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
+    def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, y3, mean, invstd, w = ctx.saved_arrays
+        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
+        g = g * (y3.reshape(ctx.x_shape) > 0)  # through the ReLU (its mask is a constant)
         x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
-        weight = None if w is None else ctx.input_tensor(3, w)
-        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), 0.0, (mean, invstd))
-        return dx, None, None, dw, db, None
+        weight = None if w is None else ctx.input_tensor(2, w)
+        stats = None if ctx.training else (mean, invstd)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), ctx.eps, stats)
+        return dx, (g if need_r else None), dw, db, None, None, None
 
 
 def update_running_stats(running_mean: Any, running_var: Any, mean: Any, var: Any, count: int, momentum: float) -> None:
