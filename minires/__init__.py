@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as _np
 
-from minires import backends, cuda
+import minires.autograd.functional  # noqa: E402,F401 - mr.autograd.functional (needs Tensor, so imported last)
+from minires import autograd, backends, cuda
 from minires.autograd.function import Context, Function
 from minires.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from minires.creation import (
@@ -26,6 +27,7 @@ from minires.creation import (
     zeros_like,
 )
 from minires.gradcheck import GradcheckError, gradcheck
+from minires.gradgradcheck import gradgradcheck
 from minires.ops import (
     abs,
     amax,
@@ -79,9 +81,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Context", "Function", "GradcheckError", "Tensor", "abs", "amax", "amin", "arange", "argmax",
-    "argmin", "as_tensor", "backends", "bool_", "cat", "clamp", "clip", "cuda", "double", "enable_grad", "exp",
+    "argmin", "as_tensor", "autograd", "backends", "bool_", "cat", "clamp", "clip", "cuda", "double", "enable_grad", "exp",
     "expand", "eye", "flatten", "float", "float16", "float32", "float64", "full", "full_like",
-    "get_rng_state", "gradcheck", "half", "int32", "int64", "is_grad_enabled", "linspace", "load", "load_torch", "load_tree",
+    "get_rng_state", "gradcheck", "gradgradcheck", "half", "int32", "int64", "is_grad_enabled", "linspace", "load",
+    "load_torch", "load_tree",
     "log", "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min",
     "minimum", "no_grad", "ones", "ones_like", "pad", "permute", "rand", "randint", "randn",
     "randperm", "relu", "reshape", "save", "save_tree", "set_grad_enabled", "set_rng_state", "sigmoid",

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from minires import backend
-from minires.autograd.engine import run_backward
+from minires.autograd.engine import root_gradient, run_backward
 from minires.autograd.grad_mode import is_grad_enabled
 
 DEFAULT_FLOAT = np.dtype(np.float32)
@@ -205,40 +205,16 @@ class Tensor:
         else:
             self.grad = Tensor._from_array(backend.xp_of(grad).asarray(self.grad.data + grad))
 
-    def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
+    def backward(self, gradient: Any = None, retain_graph: bool | None = None, create_graph: bool = False) -> None:
         """Compute the gradient of this tensor with respect to every leaf that requires grad.
 
-        ``gradient`` is dL/d(self); it may be omitted only for a one-element tensor.
+        ``gradient`` is dL/d(self); it may be omitted only for a one-element tensor. With
+        ``create_graph=True`` the gradients put into ``.grad`` are Tensors with a graph of their own,
+        so they can be differentiated again; ``retain_graph`` defaults to ``create_graph``.
         """
-        if not self.requires_grad:
-            raise RuntimeError(
-                "backward: this tensor does not require grad and has no grad_fn "
-                "(no input of the ops that made it requires grad, or it was made under no_grad)"
-            )
-        xp = backend.xp_of(self.data)
-        if gradient is None:
-            if self.data.size != 1:
-                raise RuntimeError(
-                    f"backward: grad can be created implicitly only for scalar outputs, got shape {self.shape}; "
-                    "pass gradient= with the output's shape"
-                )
-            grad = xp.ones(self.data.shape, dtype=self.dtype)
-        else:
-            grad = gradient.data if isinstance(gradient, Tensor) else gradient
-            try:  # an array of another device must be refused before xp.asarray tries to convert it
-                grad_device: str | None = backend.device_of(grad)
-            except TypeError:
-                grad_device = None
-            if grad_device is not None and grad_device != self.device and not isinstance(grad, np.generic):
-                raise RuntimeError(f"backward: gradient is on {grad_device}, the output on {self.device}")
-            if not isinstance(grad, xp.ndarray):
-                grad = xp.asarray(grad, dtype=self.dtype)
-            if tuple(grad.shape) != self.shape:
-                raise RuntimeError(
-                    f"backward: gradient has shape {tuple(grad.shape)}, expected the output's shape {self.shape}"
-                )
-            grad = grad.astype(self.dtype, copy=False)
-        run_backward(self, grad, retain_graph=retain_graph)
+        grad = root_gradient("backward", self, gradient, create_graph)
+        keep = create_graph if retain_graph is None else retain_graph
+        run_backward([self], [grad], retain_graph=keep, create_graph=create_graph)
 
     def zero_(self) -> Tensor:
         """Fill with zeros in place (for ``.grad`` tensors and data outside the graph)."""

@@ -250,7 +250,10 @@ def pool_configs(
     return cfg
 
 
+from minires.check_grads import check_grads  # noqa: E402 - JAX's check_grads, part of the testing toolkit
+
 __all__ = [
+    "check_grads",
     "ConvConfig",
     "PoolConfig",
     "arrays_away_from",

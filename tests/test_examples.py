@@ -137,6 +137,18 @@ def test_example_has_main_and_quick_flag(name: str, monkeypatch: pytest.MonkeyPa
     assert "--quick" in shown.getvalue() and "--out" in shown.getvalue()
 
 
+def test_curvature_through_skip(tmp_path: Path) -> None:
+    out = run_example("curvature_through_skip", tmp_path)
+    # H_res v - H_plain v = v + Jv + J^T v, each side computed independently (hvp vs jvp + vjp)
+    assert number_after("max relative error of H_res v - H_plain v against v + Jv + J^T v:", out) < 1e-10
+    results = json.loads((tmp_path / "results.json").read_text())
+    for row in results["curvature"]["directions"]:
+        assert abs(row["vHv_residual"] - row["vHv_plain"] - row["skip_term"]) < 1e-8
+    penalty = results["penalty"]
+    assert penalty["penalised"]["lambda"] > 0 and penalty["plain"]["lambda"] == 0
+    assert penalty["penalised"]["last_ce"] < penalty["penalised"]["first_ce"]  # it trains
+
+
 def test_weights_flag_with_a_minires_file(tmp_path: Path) -> None:
     """--weights FILE probes the net in FILE (here an mr.save-d ResNet-8 for digits) beside an initialised twin."""
     import numpy as np

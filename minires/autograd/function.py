@@ -20,12 +20,46 @@ Example (the whole of a user-written op)::
             return 2 * x * grad
 
     y = Square.apply(t)
+
+Gradients of gradients (``backward(create_graph=True)``, ``mr.autograd.grad(..., create_graph=True)``)
+need a backward that is itself differentiable, written with Tensor ops so that it records a graph.
+The raw-array ``backward`` above is the fast first-order path and is once-differentiable: under
+``create_graph=True`` a Function raises unless it opts in, in one of two ways:
+
+- ``differentiable_backward = True``: its ``backward`` uses only operations Tensors also have
+  (``*``, ``+``, ``-``, ``/``, ``.sum(axis=..., keepdims=...)``, ``.reshape`` ...; no ``np.``/``xp.``
+  calls). The engine then runs the same ``backward`` on Tensors. ``Square`` above qualifies.
+- ``backward_graph(ctx, *grad_outputs)``: a second backward written with Tensor ops (``mr.exp``,
+  ``F.conv2d`` ...), for when the raw one uses array functions::
+
+    class Sin(mr.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return np.sin(x)
+
+        @staticmethod
+        def backward(ctx, grad):                 # fast path: arrays in, arrays out
+            (x,) = ctx.saved_tensors
+            return grad * np.cos(x)
+
+        @staticmethod
+        def backward_graph(ctx, grad):           # create_graph=True: Tensors in, Tensors out
+            (x,) = ctx.saved_tensors             # now a Tensor on the graph
+            return grad * Cos.apply(x)           # Cos: another Function (with its own backward_graph)
+
+In both, ``ctx.saved_tensors`` gives Tensors: an array saved from forward's arguments or outputs
+(the very objects, not copies) becomes a Tensor connected to the graph where that argument or output
+came from; a boolean or integer array (a mask, indices) stays an array (a constant). A saved
+floating-point array that is neither (an intermediate) is refused, since how it depends on the
+inputs is unknown: save the argument and recompute the value with Tensor ops instead
+(``ctx.saved_arrays`` gives the raw saved values, for those that are constants).
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -56,17 +90,62 @@ class Context:
         self._non_differentiable.update(output_indices)
 
 
+class Edge(NamedTuple):
+    """The gradient goes to output ``output_index`` of ``node``: the input was made by another op."""
+
+    node: Node
+    output_index: int
+
+
+class LeafEdge(NamedTuple):
+    """The gradient accumulates into ``tensor.grad``: the input is a leaf (a parameter, a user's tensor)."""
+
+    tensor: Tensor
+
+
+GradientEdge = Edge | LeafEdge
+
+
+def gradient_edge(t: Tensor) -> GradientEdge:
+    """Where a gradient for ``t`` goes: the op that made it (and which of its outputs ``t`` is), or ``t`` itself."""
+    # tuple.__new__ builds the named tuple without NamedTuple's Python-level __new__: this runs for
+    # every recorded input of every op, on the first-order fast path.
+    if t.grad_fn is None:
+        return tuple.__new__(LeafEdge, (t,))
+    return tuple.__new__(Edge, (t.grad_fn, t._output_index))
+
+
+def _saved_source(k: int, saved: Any, ids: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[str, int] | None:
+    """Where the k-th saved array came from: ``("input", i)`` or ``("output", j)`` if it is that very
+    object, else None. ``ids`` are the ids of forward's arguments and outputs taken when it was
+    recorded; the saved array was alive together with them then, so equal ids mean the same object."""
+    inputs, outputs = ids
+    if k < len(inputs) and inputs[k] == id(saved):  # ops save their arguments in order: x * x.detach() stays apart
+        return ("input", k)
+    for i, a in enumerate(inputs):
+        if a == id(saved):
+            return ("input", i)
+    for j, o in enumerate(outputs):
+        if o == id(saved):
+            return ("output", j)
+    return None
+
+
 class Node:
     """One recorded call of a Function: where its input gradients go, and its outputs' hooks.
 
     ``edges[i]`` says where the gradient for forward's i-th positional argument goes: ``None`` (no
-    gradient wanted), ``(node, output_index)`` for a tensor made by another op, or ``(None, leaf)``
+    gradient wanted), an :class:`Edge` for a tensor made by another op, or a :class:`LeafEdge`
     for a leaf tensor whose ``.grad`` accumulates it.
     """
 
-    __slots__ = ("function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed")
+    __slots__ = (
+        "function", "ctx", "edges", "input_meta", "output_meta", "hooks", "retained", "freed", "forward_ids"
+    )
 
-    def __init__(self, function: type[Function], ctx: Context, edges: list[Any], input_meta: list[Any]):
+    def __init__(
+        self, function: type[Function], ctx: Context, edges: list[GradientEdge | None], input_meta: list[Any]
+    ):
         self.function = function
         self.ctx: Context | None = ctx
         self.edges = edges
@@ -75,6 +154,7 @@ class Node:
         self.hooks: dict[int, list[Any]] = {}
         self.retained: dict[int, weakref.ref[Tensor]] = {}
         self.freed = False
+        self.forward_ids: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # see _saved_source
 
     @property
     def name(self) -> str:
@@ -90,6 +170,99 @@ class Node:
         return f"<{self.name}Backward>"
 
 
+class TensorContext:
+    """What a differentiable backward sees: the op's :class:`Context` (its attributes, flags and
+    ``needs_input_grad``), with ``saved_tensors`` as Tensors on the graph (see the module docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._node.ctx, name)
+
+    @property
+    def raw(self) -> Context:
+        """The op's own Context, e.g. to call its raw backward as a linear map of the gradient."""
+        assert self._node.ctx is not None  # the engine refuses a freed node before it gets here
+        return self._node.ctx
+
+    @property
+    def saved_arrays(self) -> tuple[Any, ...]:
+        """The saved values exactly as forward saved them (raw arrays): for values that are constants."""
+        return self._node.ctx.saved_tensors
+
+    @property
+    def saved_tensors(self) -> tuple[Any, ...]:
+        return tuple(self.saved_tensor(k) for k in range(len(self._node.ctx.saved_tensors)))
+
+    def input_tensor(self, i: int, value: Any) -> Tensor:
+        """``value`` (forward's argument i, e.g. rebuilt from a reshaped copy forward saved) as a Tensor
+        whose gradient flows where argument i's does. The caller vouches that the values are the argument's."""
+        if tuple(value.shape) != tuple(self._node.input_meta[i][0]):
+            raise RuntimeError(
+                f"{self._node.name}: input_tensor({i}) got shape {tuple(value.shape)}, "
+                f"argument {i} has shape {tuple(self._node.input_meta[i][0])}"
+            )
+        return _rewrap(value, self._node.edges[i], exact=False)
+
+    def saved_tensor(self, k: int) -> Any:
+        """The k-th saved value: a Tensor on the graph for a forward argument or output, an array
+        for a mask or indices; a floating-point intermediate is refused (see the module docstring)."""
+        node = self._node
+        array = node.ctx.saved_tensors[k]
+        if getattr(array, "dtype", None) is None or array.dtype.kind not in "fc":
+            return array  # a mask, indices, or None: stays as it is
+        source = _saved_source(k, array, node.forward_ids)
+        if source is None:
+            raise RuntimeError(
+                f"{node.name}: saved value {k} is a floating-point array that is neither an argument nor "
+                "an output of forward, so its dependence on the inputs is unknown and it cannot be "
+                "differentiated (create_graph=True). Save the argument or output itself and recompute "
+                "the value with Tensor ops (ctx.saved_arrays gives the raw values, for constants)."
+            )
+        if source[0] == "input":
+            return _rewrap(array, node.edges[source[1]])
+        j = source[1]
+        differentiable = node.output_meta[j][1].kind in "fc" and j not in node.ctx._non_differentiable
+        return _rewrap(array, Edge(node, j) if differentiable else None)
+
+
+def _rewrap(array: Any, edge: GradientEdge | None, exact: bool = True) -> Tensor:
+    """``array`` as a Tensor whose gradient flows along ``edge`` (a constant when ``edge`` is None).
+    For a leaf: the leaf itself, whose data must be ``array`` (``exact``) or equal to it."""
+    from minires.tensor import Tensor
+
+    if type(edge) is LeafEdge and (edge.tensor.data is array or not exact):
+        return edge.tensor
+    t = Tensor._from_array(array)
+    if type(edge) is Edge:
+        t.requires_grad = True
+        t.grad_fn = edge.node
+        t._output_index = edge.output_index
+    elif type(edge) is LeafEdge:  # the leaf's data was replaced since forward: stand in for it
+        raise RuntimeError(
+            "backward: a leaf tensor's .data was replaced after it was used; its saved value no longer "
+            "matches it, so it cannot be differentiated (create_graph=True)"
+        )
+    return t
+
+
+def differentiable_backward(node: Node, grads: list[Tensor]) -> Any:
+    """Run ``node``'s backward on Tensors, recording its graph (the engine's ``create_graph`` path)."""
+    fn = node.function
+    ctx = TensorContext(node)
+    if fn.backward_graph is not None:
+        return fn.backward_graph(ctx, *grads)
+    if fn.differentiable_backward:
+        return fn.backward(ctx, *grads)
+    raise RuntimeError(
+        f"{node.name} has no differentiable backward, so a gradient through it cannot be differentiated "
+        f"again (create_graph=True). Its backward(ctx, *grads) works on raw arrays (first order only); "
+        "opt in with differentiable_backward = True when that backward uses only operations Tensors also "
+        "have, or define backward_graph(ctx, *grads) with Tensor ops (see help(minires.Function))."
+    )
+
+
 def _check_devices(name: str, tensors: list[Tensor]) -> None:
     if all(type(t.data) is np.ndarray for t in tensors):  # the common case, without asking each backend
         return
@@ -103,7 +276,15 @@ def _check_devices(name: str, tensors: list[Tensor]) -> None:
 
 
 class Function:
-    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``."""
+    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``.
+
+    ``backward`` works on raw arrays (first order); opt in to gradients of gradients with
+    ``differentiable_backward = True`` or a ``backward_graph`` (see the module docstring)."""
+
+    #: True when ``backward`` uses only operations Tensors also have, so it can run on Tensors.
+    differentiable_backward: bool = False
+    #: Optional ``backward_graph(ctx, *grad_tensors)`` written with Tensor ops (for create_graph=True).
+    backward_graph: Any = None
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
@@ -131,17 +312,12 @@ class Function:
         # Tensor.data an array so in-place updates (x.data[...] = 0, grad.zero_()) always work.
         results = [Tensor._from_array(np.asarray(o) if isinstance(o, np.generic) else o) for o in outputs]
         if record:
-            edges: list[Any] = []
-            for a, need in zip(args, needs):
-                if not need:
-                    edges.append(None)
-                elif a.grad_fn is None:
-                    edges.append((None, a))
-                else:
-                    edges.append((a.grad_fn, a._output_index))
+            edges = [gradient_edge(a) if need else None for a, need in zip(args, needs)]
             meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
             node = Node(cls, ctx, edges, meta)
             node.output_meta = [(r.shape, r.dtype) for r in results]
+            if ctx.saved_tensors:  # cheap ids now; which saved array is which argument is worked out if needed
+                node.forward_ids = (tuple(map(id, raw)), tuple(map(id, outputs)))
             for i, r in enumerate(results):
                 if i not in ctx._non_differentiable and r.dtype.kind in "fc":
                     r.requires_grad = True

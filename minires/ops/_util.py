@@ -44,8 +44,15 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     return Tensor._from_array(value)
 
 
+def array_of(x: Any) -> Any:
+    """The raw array of a Tensor (an array stays itself): for values a backward uses as constants
+    (signs, masks, tie shares), so one backward serves arrays and, under create_graph, Tensors."""
+    return x.data if isinstance(x, Tensor) else x
+
+
 def sum_to_shape(grad: Any, shape: tuple[int, ...]) -> Any:
-    """Undo broadcasting: sum ``grad`` over the axes that broadcasting added or stretched."""
+    """Undo broadcasting: sum ``grad`` over the axes that broadcasting added or stretched.
+    Works on arrays and on Tensors alike (it uses only ``.sum(axis=..., keepdims=...)``)."""
     if tuple(grad.shape) == tuple(shape):
         return grad
     extra = grad.ndim - len(shape)

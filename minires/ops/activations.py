@@ -11,7 +11,10 @@ from minires.tensor import Tensor
 
 
 class ReLUFunction(Function):
-    """max(x, 0). Convention at the kink: the gradient at exactly x == 0 is 0 (as PyTorch)."""
+    """max(x, 0). Convention at the kink: the gradient at exactly x == 0 is 0 (as PyTorch).
+    Its second derivative is 0 away from the kink: the backward ``g * mask`` is linear in g."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
@@ -28,6 +31,8 @@ class ReLUFunction(Function):
 class LeakyReLUFunction(Function):
     """x if x > 0 else slope * x; the gradient at exactly 0 is ``slope`` (as PyTorch)."""
 
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, slope: float) -> Any:
         mask = x > 0
@@ -38,10 +43,12 @@ class LeakyReLUFunction(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
         (mask,) = ctx.saved_tensors
-        return xp_of(g).where(mask, g, g * g.dtype.type(ctx.slope)), None
+        return g * xp_of(mask).where(mask, g.dtype.type(1), g.dtype.type(ctx.slope)), None
 
 
 class SigmoidFunction(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
         xp = xp_of(x)
@@ -58,6 +65,8 @@ class SigmoidFunction(Function):
 
 
 class TanhFunction(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
         out = xp_of(x).tanh(x)
@@ -71,6 +80,8 @@ class TanhFunction(Function):
 
 
 class SoftmaxFunction(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, dim: int) -> Any:
         xp = xp_of(x)
@@ -103,6 +114,11 @@ class LogSoftmaxFunction(Function):
         (out,) = ctx.saved_tensors
         xp = xp_of(out)
         return g - xp.exp(out) * g.sum(axis=ctx.dim, keepdims=True), None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None]:
+        (out,) = ctx.saved_tensors
+        return g - out.exp() * g.sum(axis=ctx.dim, keepdims=True), None
 
 
 def relu(x: Tensor) -> Tensor:

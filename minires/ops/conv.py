@@ -209,31 +209,68 @@ def _check_conv_arguments(
     return Window2d.of(name, x.shape[2:], (kh, kw), stride, padding, dilation, padding_strings=True)
 
 
-def conv_input_grad(ctx: Context, grad: Any, gmat: Any) -> Any:
-    """dL/dx of :class:`Conv2dFunction`: col2im of ``dcols = dout @ W2`` (im2col), or Winograd's adjoint convolution."""
-    xp = xp_of(grad)
-    window, groups = ctx.window, ctx.groups
-    if ctx.algorithm == "winograd":
-        return winograd.conv3x3_input_grad(grad, ctx.saved_tensors[1], window.padding)
-    wmat = ctx.saved_tensors[1]
-    n, c = ctx.x_shape[:2]
-    cg, og = c // groups, grad.shape[1] // groups
-    group_shape = (n, cg) + tuple(ctx.x_shape[2:])
+def weight_matrix(weight: Any) -> Any:
+    """(O, C/g, kH, kW) -> (O, kH*kW*C/g): matches the columns' (offset, channel) order (a small copy)."""
+    o, cg, kh, kw = weight.shape
+    return xp_of(weight).ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(o, kh * kw * cg)
+
+
+def grad_matrix(grad: Any) -> Any:
+    """An output gradient (N, O, oH, oW) as (N*oH*oW, O), pixels in rows (free if it is channels-last)."""
+    return xp_of(grad).ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, grad.shape[1])
+
+
+def group_columns(x: Any, window: Window2d, groups: int) -> list[Any]:
+    """im2col of each group's channels of x: ``groups`` matrices (N*oH*oW, kH*kW*C/g)."""
+    cg = x.shape[1] // groups
+    return [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, window) for g in range(groups)]
+
+
+def conv_from_columns(cols: list[Any], wmat: Any, n: int, window: Window2d, bias: Any = None) -> Any:
+    """The convolution as one GEMM per group, plus bias: (N, O, oH, oW), a channels-last view."""
+    o, groups = wmat.shape[0], len(cols)
+    og = o // groups
+    if groups == 1:
+        out = cols[0] @ wmat.T
+    else:
+        out = xp_of(wmat).concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
+    if bias is not None:
+        out += bias
+    return out.reshape(n, *window.output_size, o).transpose(0, 3, 1, 2)
+
+
+def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window: Window2d, groups: int) -> Any:
+    """dL/dx (N, C, H, W) = col2im(dout @ W2), per group: a transposed convolution of the gradient."""
+    n, c = x_shape[:2]
+    cg, og = c // groups, wmat.shape[0] // groups
+    group_shape = (n, cg) + tuple(x_shape[2:])
     parts = [_col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, window) for g in range(groups)]
-    return parts[0] if groups == 1 else xp.concatenate(parts, axis=1)
+    return parts[0] if groups == 1 else xp_of(gmat).concatenate(parts, axis=1)
 
 
-def conv_weight_grad(ctx: Context, grad: Any, gmat: Any) -> Any:
-    """dL/dweight of :class:`Conv2dFunction`: ``dW2 = dout.T @ cols`` (im2col), or Winograd's tile-wise products."""
-    xp = xp_of(grad)
-    window, groups = ctx.window, ctx.groups
-    if ctx.algorithm == "winograd":
-        return winograd.conv3x3_weight_grad(ctx.saved_tensors[0], grad, window.padding)
-    cols = ctx.saved_tensors[0]
-    o = grad.shape[1]
-    cg, og = ctx.x_shape[1] // groups, o // groups
+def weight_grad_from(cols: list[Any], gmat: Any, weight_shape: tuple[int, ...]) -> Any:
+    """dL/dweight (O, C/g, kH, kW) = (dout.T @ cols) per group, summed over the pixel rows in chunks."""
+    o, cg, kh, kw = weight_shape
+    xp, groups = xp_of(gmat), len(cols)
+    og = o // groups
     gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
-    return xp.ascontiguousarray(gw_t.reshape(window.kernel[0], window.kernel[1], cg, o).transpose(3, 2, 0, 1))
+    return xp.ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
+
+
+def input_from_columns(cols: list[Any], x_shape: tuple[int, ...], window: Window2d) -> Any:
+    """x (N, C, H, W) rebuilt from its per-group im2col columns (the double backward's copy of x).
+
+    col2im adds up every copy of a pixel, so divide by how many windows read it: x (to rounding) at
+    every pixel a window reads, 0 at pixels none reads -- which the convolution never uses either.
+    """
+    xp = xp_of(cols[0])
+    n, c = x_shape[:2]
+    group_shape = (n, c // len(cols)) + tuple(x_shape[2:])
+    parts = []
+    for columns in cols:
+        copies = _col2im(xp.ones_like(columns), group_shape, window)
+        parts.append(_col2im(columns, group_shape, window) / xp.maximum(copies, 1))
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
 
 
 class Conv2dFunction(Function):
@@ -244,6 +281,13 @@ class Conv2dFunction(Function):
     adds defaults, unbatched input and autocast on top. 3x3 stride-1 convolutions may run as Winograd
     F(2x2, 3x3) instead (:mod:`minires.ops.winograd`), chosen per call by
     :func:`minires.backends.choose_conv_algorithm`; both compute the same values.
+
+    Under ``create_graph=True`` its input and weight gradients are ops of their own
+    (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op) whose backwards
+    are convolutions again, so a convolution is differentiable to any order. Those need x and the
+    weight as Tensors: forward keeps a reference to the weight (a parameter, alive anyway) and x is
+    rebuilt from the saved columns (:func:`input_from_columns`), so the first-order path keeps no more
+    memory than it needs.
     """
 
     @staticmethod
@@ -258,41 +302,59 @@ class Conv2dFunction(Function):
         groups: int,
     ) -> Any:
         window = _check_conv_arguments(x, weight, bias, stride, padding, dilation, groups)
-        xp = xp_of(x)
-        n, c, h, w = x.shape
-        o, cg, kh, kw = weight.shape
-        og = o // groups
-        oh, ow = window.output_size
         ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
+        ctx.arguments = (stride, padding, dilation, groups)
         ctx.algorithm = backends.choose_conv_algorithm(
-            xp, x.dtype, window.kernel, window.stride, window.padding, window.dilation, groups
+            xp_of(x), x.dtype, window.kernel, window.stride, window.padding, window.dilation, groups
         )
+        need_x, need_w = ctx.needs_input_grad[:2]
         if ctx.algorithm == "winograd":  # keeps x and weight only: backward recomputes the tiles chunk by chunk
             out = winograd.conv3x3(x, winograd.weight_transform(weight), window.padding)
             if bias is not None:
                 out += bias[:, None, None]
-            ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
+            ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
             return out
-        # (O, kH, kW, C/g) -> (O, kH*kW*C/g): matches the columns' (offset, channel) order.
-        wmat = xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(o, kh * kw * cg)
-        cols = [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, window) for g in range(groups)]
-        if groups == 1:
-            out = cols[0] @ wmat.T
-        else:
-            out = xp.concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
-        if bias is not None:
-            out += bias
-        ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, wmat if ctx.needs_input_grad[0] else None)
-        return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+        wmat = weight_matrix(weight)
+        cols = group_columns(x, window, groups)
+        ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, weight if need_x else None, None)
+        return conv_from_columns(cols, wmat, x.shape[0], window, bias)
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
-        xp = xp_of(grad)
-        o = grad.shape[1]
-        gmat = xp.ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, o)  # free if channels-last
-        gx = conv_input_grad(ctx, grad, gmat) if ctx.needs_input_grad[0] else None
-        gw = conv_weight_grad(ctx, grad, gmat) if ctx.needs_input_grad[1] else None
-        gb = gmat.sum(axis=0) if ctx.needs_input_grad[2] else None
+        cols, wmat, weight, x = ctx.saved_tensors
+        x_shape, window, groups = ctx.x_shape, ctx.window, ctx.groups
+        gmat = grad_matrix(grad)
+        gx = gw = gb = None
+        if ctx.algorithm == "winograd":
+            if ctx.needs_input_grad[0]:
+                gx = winograd.conv3x3_input_grad(grad, weight, window.padding)
+            if ctx.needs_input_grad[1]:
+                gw = winograd.conv3x3_weight_grad(x, grad, window.padding)
+        else:
+            if ctx.needs_input_grad[0]:
+                gx = input_grad_from(gmat, wmat, x_shape, window, groups)
+            if ctx.needs_input_grad[1]:
+                gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *window.kernel))
+        if ctx.needs_input_grad[2]:
+            gb = gmat.sum(axis=0)
+        return gx, gw, gb, None, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, grad: Tensor) -> tuple[Any, ...]:
+        from minires.ops.conv_grad import Conv2dInputGradFunction, Conv2dWeightGradFunction
+
+        x_shape, groups = ctx.x_shape, ctx.groups
+        cols, _, weight, x = ctx.saved_arrays
+        weight = None if weight is None else ctx.saved_tensor(2)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, ctx.window, ctx.arguments)
+        if ctx.needs_input_grad[1]:  # Winograd kept x itself; im2col rebuilds it from the columns
+            x = ctx.saved_tensor(3) if x is not None else ctx.input_tensor(0, input_from_columns(cols, x_shape, ctx.window))
+            w_shape = (grad.shape[1], x_shape[1] // groups, *ctx.window.kernel)
+            gw = Conv2dWeightGradFunction.apply(x, grad, w_shape, ctx.window, ctx.arguments)
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None, None, None
 
 

@@ -39,6 +39,11 @@ class DropoutFunction(Function):
         (scaled,) = ctx.saved_tensors
         return g * scaled, None
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None]:
+        (scaled,) = ctx.saved_arrays  # the scaled mask: a constant
+        return g * scaled, None
+
 
 class DropAll(Function):
     """p == 1: every element dropped; the output and the gradient are zeros."""
@@ -50,6 +55,10 @@ class DropAll(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         return xp_of(g).zeros_like(g)
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> Any:
+        return g * 0
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:

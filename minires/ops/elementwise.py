@@ -2,6 +2,9 @@
 
 Each Function keeps forward and backward side by side on raw arrays; binary ops sum their
 gradients back to each input's shape (:func:`sum_to_shape`), which undoes broadcasting.
+Most backwards use only operators Tensors also have (``differentiable_backward = True``), so the
+same code computes differentiable gradients under ``create_graph=True``; the others (pow, where)
+give a ``backward_graph`` written with Tensor ops.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import numpy as np
 
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops._util import as_tensor, quiet, sum_to_shape
+from minires.ops._util import array_of, as_tensor, quiet, sum_to_shape
 from minires.tensor import DEFAULT_FLOAT, Tensor
 
 
@@ -40,6 +43,8 @@ def _float_input(a: Any) -> Tensor:
 
 
 class Add(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         ctx.shapes = (a.shape, b.shape)
@@ -52,6 +57,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         ctx.shapes = (a.shape, b.shape)
@@ -64,6 +71,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         ctx.save_for_backward(a, b)
@@ -78,6 +87,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         ctx.save_for_backward(a, b)
@@ -115,10 +126,21 @@ class Pow(Function):
                 gb = sum_to_shape(g * xp.where((a == 0) & (b >= 0), 0, out * xp.log(a)), b.shape)
         return ga, gb
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, Any]:
+        a, b, out = ctx.saved_tensors
+        ga = gb = None
+        with quiet(xp_of(a.data)):
+            if ctx.needs_input_grad[0]:
+                ga = sum_to_shape(g * where(b.data == 0, 0, b * a ** (b - 1)), a.shape)
+            if ctx.needs_input_grad[1]:
+                gb = sum_to_shape(g * where((a.data == 0) & (b.data >= 0), 0, out * log(a)), b.shape)
+        return ga, gb
+
 
 def _tie_split(ctx: Context, g: Any, wins: Any, ties: Any, a_shape: Any, b_shape: Any) -> tuple[Any, Any]:
     """maximum/minimum's backward: the gradient goes to the winner, half to each input on a tie."""
-    share = wins.astype(g.dtype)
+    share = wins.astype(g.dtype)  # a constant (piecewise), so this serves Tensors too
     share += g.dtype.type(0.5) * ties
     ga = sum_to_shape(g * share, a_shape) if ctx.needs_input_grad[0] else None
     gb = sum_to_shape(g * (1 - share), b_shape) if ctx.needs_input_grad[1] else None
@@ -128,6 +150,8 @@ def _tie_split(ctx: Context, g: Any, wins: Any, ties: Any, a_shape: Any, b_shape
 class Maximum(Function):
     """Elementwise max; on ties the gradient is split evenly between the two inputs."""
 
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
         ctx.save_for_backward(a, b)
@@ -135,12 +159,14 @@ class Maximum(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        a, b = ctx.saved_tensors
+        a, b = (array_of(t) for t in ctx.saved_tensors)
         return _tie_split(ctx, g, a > b, a == b, a.shape, b.shape)
 
 
 class Minimum(Function):
     """Elementwise min; on ties the gradient is split evenly between the two inputs."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -149,11 +175,13 @@ class Minimum(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
-        a, b = ctx.saved_tensors
+        a, b = (array_of(t) for t in ctx.saved_tensors)
         return _tie_split(ctx, g, a < b, a == b, a.shape, b.shape)
 
 
 class Neg(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         return -a
@@ -164,6 +192,8 @@ class Neg(Function):
 
 
 class Exp(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         out = xp_of(a).exp(a)
@@ -177,6 +207,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         ctx.save_for_backward(a)
@@ -189,6 +221,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         out = xp_of(a).sqrt(a)
@@ -204,6 +238,8 @@ class Sqrt(Function):
 class Abs(Function):
     """|a|; the gradient at 0 is 0 (sign(0) = 0), as PyTorch."""
 
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
         ctx.save_for_backward(a)
@@ -211,12 +247,14 @@ class Abs(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
-        (a,) = ctx.saved_tensors
+        a = array_of(ctx.saved_tensors[0])
         return g * xp_of(a).sign(a)
 
 
 class Clamp(Function):
     """Clip into [lo, hi]; the gradient passes where lo <= a <= hi (boundaries included, as PyTorch)."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, a: Any, lo: Any, hi: Any) -> Any:
@@ -240,6 +278,8 @@ class Clamp(Function):
 
 class Where(Function):
     """``cond ? a : b`` with broadcasting; cond carries no gradient."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, cond: Any, a: Any, b: Any) -> Any:

@@ -13,7 +13,11 @@ from minires.tensor import Tensor
 
 
 class MatMul(Function):
-    """a @ b. Backward: dA = dC @ B^T, dB = A^T @ dC, then summed over broadcast batch dims."""
+    """a @ b. Backward: dA = dC @ B^T, dB = A^T @ dC, then summed over broadcast batch dims.
+
+    The backward uses only ``@``, indexing, reshape and sums, so it runs on Tensors as well."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> Any:
@@ -23,17 +27,21 @@ class MatMul(Function):
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any]:
         a, b = ctx.saved_tensors
-        xp = xp_of(g)
         a2 = a[None, :] if a.ndim == 1 else a  # a vector on the left is a row
         b2 = b[:, None] if b.ndim == 1 else b  # a vector on the right is a column
         batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         g2 = g.reshape(batch + (a2.shape[-2], b2.shape[-1]))
         ga = gb = None
         if ctx.needs_input_grad[0]:
-            ga = sum_to_shape(xp.matmul(g2, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+            ga = sum_to_shape(g2 @ _swap_last(b2), a2.shape).reshape(a.shape)
         if ctx.needs_input_grad[1]:
-            gb = sum_to_shape(xp.matmul(xp.swapaxes(a2, -1, -2), g2), b2.shape).reshape(b.shape)
+            gb = sum_to_shape(_swap_last(a2) @ g2, b2.shape).reshape(b.shape)
         return ga, gb
+
+
+def _swap_last(m: Any) -> Any:
+    """The last two axes swapped (a view), for an array or a Tensor."""
+    return m.transpose(-1, -2) if isinstance(m, Tensor) else m.swapaxes(-1, -2)
 
 
 def matmul(a: Any, b: Any) -> Tensor:

@@ -15,12 +15,15 @@ class LinearFunction(Function):
     """x (..., in) @ weight (out, in).T + bias (out,) -> (..., out).
 
     Leading dims of x are flattened to one row axis M so each product is a single 2-D GEMM; the
-    transposes are views (BLAS reads them as transposed operands, no copy)::
+    transposes are views (BLAS reads them as transposed operands, no copy). The backward uses only
+    ``@``, ``.T``, reshape and sum, so it runs on Tensors as well (create_graph)::
 
         dx = g @ weight          (M, out) @ (out, in)
         dweight = g.T @ x        (out, M) @ (M, in)
         dbias = g.sum(0)
     """
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, weight: Any, bias: Any) -> Any:
@@ -29,18 +32,16 @@ class LinearFunction(Function):
         out = xp.matmul(x2, weight.T)
         if bias is not None:
             out += bias
-        ctx.save_for_backward(x2, weight)
-        ctx.x_shape = x.shape
+        ctx.save_for_backward(x, weight)
         return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any, Any]:
-        x2, weight = ctx.saved_tensors
-        xp = xp_of(g)
+        x, weight = ctx.saved_tensors
         g2 = g.reshape(-1, weight.shape[0])
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = xp.matmul(g2, weight).reshape(ctx.x_shape) if need_x else None
-        dw = xp.matmul(g2.T, x2) if need_w else None
+        dx = (g2 @ weight).reshape(x.shape) if need_x else None
+        dw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None
         db = g2.sum(axis=0) if need_b else None
         return dx, dw, db
 

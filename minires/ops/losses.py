@@ -8,6 +8,7 @@ that are not ``ignore_index``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from minires import backend
@@ -15,6 +16,7 @@ from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float, quiet
+from minires.ops.activations import SoftmaxFunction
 from minires.tensor import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -126,7 +128,8 @@ def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
 
 
 class NLLLossFunction(Function):
-    """loss_i = -w[t_i] * log_probs[i, t_i]; backward scatters -w[t_i] * scale into the picked entries."""
+    """loss_i = -w[t_i] * log_probs[i, t_i]; backward scatters -w[t_i] * scale into the picked entries.
+    The loss is linear in log_probs, so the gradient is a constant times the upstream gradient."""
 
     @staticmethod
     def forward(ctx: Context, log_probs: Any, target: Any, weight: Any, ignore_index: int, reduction: str) -> Any:
@@ -143,13 +146,25 @@ class NLLLossFunction(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None, None]:
         safe, w_t, denom = ctx.saved_tensors
         shape, dt, reduction = ctx.meta
-        xp = xp_of(g)
-        ndim = len(shape)
-        c = shape[1] if ndim > 1 else shape[0]
-        scale = _grad_scale(xp, g, reduction, denom, ndim)
-        grad = _onehot(xp, safe, c, ndim, dt)
-        grad *= -_with_class_axis(w_t, ndim) * scale
+        grad = _nll_coefficient(safe, w_t, shape, dt)
+        grad *= _grad_scale(xp_of(g), g, reduction, denom, len(shape))
         return grad.astype(dt, copy=False), None, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None, None, None]:
+        safe, w_t, denom = ctx.saved_arrays
+        shape, dt, reduction = ctx.meta
+        scale = _grad_scale(xp_of(safe), g, reduction, denom, len(shape))
+        return scale * _nll_coefficient(safe, w_t, shape, dt), None, None, None, None
+
+
+def _nll_coefficient(safe: Any, w_t: Any, shape: tuple[int, ...], dt: Any) -> Any:
+    """d loss_i / d log_probs before the reduction's scale: -w[t_i] at the target class, 0 elsewhere."""
+    ndim = len(shape)
+    c = shape[1] if ndim > 1 else shape[0]
+    grad = _onehot(xp_of(safe), safe, c, ndim, dt)
+    grad *= -_with_class_axis(w_t, ndim)
+    return grad
 
 
 class CrossEntropy(Function):
@@ -198,56 +213,77 @@ class CrossEntropy(Function):
                 smooth = -((shifted * w_b).sum(axis=axis) - weight.sum() * lse)
             losses = losses + (eps / c) * smooth * valid
         denom = _total(w_t)
-        ctx.save_for_backward(probs, safe, w_t, valid, weight, denom)
+        ctx.save_for_backward(probs, safe, w_t, valid, weight, denom, logits)
         ctx.meta = (dt, reduction, float(label_smoothing))
         return _reduce(xp, losses, reduction, denom)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None, None, None]:
-        probs, safe, w_t, valid, weight, denom = ctx.saved_tensors
-        dt, reduction, label_smoothing = ctx.meta
-        xp = xp_of(g)
-        ndim = probs.ndim
-        c = probs.shape[1] if ndim > 1 else probs.shape[0]
-        eps = dt.type(label_smoothing)
-        onehot = _onehot(xp, safe, c, ndim, dt)
-        hard = _with_class_axis((1 - eps) * w_t, ndim)
-        if weight is None:
-            row_total = hard + (eps * _with_class_axis(valid, ndim)).astype(dt)  # sum_c q_ic
-            q_smooth = None
-        else:
-            w_b = weight.reshape((c,) + (1,) * (ndim - 2)) if ndim > 1 else weight
-            valid_b = _with_class_axis(valid, ndim)
-            row_total = hard + (eps * weight.mean()) * valid_b
-            q_smooth = (eps / c) * w_b * valid_b
+        probs, _, _, _, _, denom, _ = ctx.saved_tensors
+        dt, reduction, _ = ctx.meta
+        row_total, offset = _cross_entropy_terms(ctx.saved_tensors, ctx.meta)
         grad = probs * row_total
-        onehot *= hard
-        grad -= onehot
-        if label_smoothing > 0:
-            if q_smooth is None:
-                grad -= (eps / c) * _with_class_axis(valid, ndim)
-            else:
-                grad -= q_smooth
-        grad *= _grad_scale(xp, g, reduction, denom, ndim)
+        grad += offset
+        grad *= _grad_scale(xp_of(g), g, reduction, denom, probs.ndim)
         return grad.astype(dt, copy=False), None, None, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None, None, None, None]:
+        # softmax(logits) is the only part that depends on the logits; the rest are constants
+        saved = ctx.saved_arrays
+        _, reduction, _ = ctx.meta
+        logits = ctx.saved_tensor(6)
+        probs = SoftmaxFunction.apply(logits, 1 if logits.ndim > 1 else 0)
+        row_total, offset = _cross_entropy_terms(saved, ctx.meta)
+        scale = _grad_scale(xp_of(saved[0]), g, reduction, saved[5], logits.ndim)
+        return (probs * row_total + offset) * scale, None, None, None, None, None
+
+
+def _cross_entropy_terms(saved: tuple[Any, ...], meta: tuple[Any, ...]) -> tuple[Any, Any]:
+    """(sum_c q_ic, -q_i) with the target weights q of :class:`CrossEntropy`'s docstring, so that
+    d loss_i / d z_i = softmax(z_i) * sum_c q_ic - q_i before the reduction's scale."""
+    probs, safe, w_t, valid, weight, _, _ = saved
+    dt, _, label_smoothing = meta
+    xp = xp_of(probs)
+    ndim = probs.ndim
+    c = probs.shape[1] if ndim > 1 else probs.shape[0]
+    eps = dt.type(label_smoothing)
+    hard = _with_class_axis((1 - eps) * w_t, ndim)
+    valid_b = _with_class_axis(valid, ndim)
+    offset = _onehot(xp, safe, c, ndim, dt)
+    offset *= -hard
+    if weight is None:
+        row_total = hard + (eps * valid_b).astype(dt)
+        if label_smoothing > 0:
+            offset -= (eps / c) * valid_b
+    else:
+        w_b = weight.reshape((c,) + (1,) * (ndim - 2)) if ndim > 1 else weight
+        row_total = hard + (eps * weight.mean()) * valid_b
+        if label_smoothing > 0:
+            offset -= (eps / c) * w_b * valid_b
+    return row_total, offset
 
 
 class MSELossFunction(Function):
-    """loss = (input - target)^2, reduced; gradients 2 (input - target) * scale for both operands."""
+    """loss = (input - target)^2, reduced; gradients 2 (input - target) * scale for both operands.
+    Saves the operands themselves (not their difference) so the backward also runs on Tensors."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, target: Any, reduction: str) -> Any:
         xp = xp_of(x, target)
         diff = x - target
-        ctx.save_for_backward(diff)
+        ctx.save_for_backward(x, target)
         ctx.reduction = reduction
         sq = diff * diff
         return _reduce(xp, sq, reduction, diff.dtype.type(diff.size))
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, Any, None]:
-        (diff,) = ctx.saved_tensors
-        scale = g if ctx.reduction != "mean" else g / diff.dtype.type(diff.size)
+        x, target = ctx.saved_tensors
+        diff = x - target
+        scale = g if ctx.reduction != "mean" else g / diff.dtype.type(math.prod(diff.shape))
         gx = 2 * diff * scale
         gt = -gx if ctx.needs_input_grad[1] else None
         return (gx if ctx.needs_input_grad[0] else None), gt, None

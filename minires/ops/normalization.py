@@ -184,6 +184,38 @@ def _as_dtype(a: Any, dtype: Any) -> Any:
     return None if a is None else a.astype(dtype, copy=False)
 
 
+def batch_norm_grads_graph(
+    x: Tensor, weight: Tensor | None, g: Tensor, needs: tuple[bool, bool, bool], eps: float, stats: Any = None
+) -> tuple[Any, Any, Any]:
+    """(dx, dweight, dbias) of batch norm written with Tensor ops, so they can be differentiated again.
+
+    Training (``stats`` None): the statistics are recomputed from the Tensor x, so dx keeps its whole
+    dependence on x through the batch mean and variance (the closed form of
+    :func:`batch_norm_backward_train`, as a graph). Eval: ``stats = (mean, invstd)`` are raw (C,)
+    constants and the op is affine in x. ``needs`` says which of the three to compute.
+    """
+    n, c = x.shape[:2]
+    x3, g3 = x.reshape(n, c, -1), g.reshape(n, c, -1)
+    axes = (0, 2)
+    if stats is None:
+        centred = x3 - x3.mean(axes, keepdim=True)
+        invstd: Any = ((centred * centred).mean(axes, keepdim=True) + eps) ** -0.5
+    else:
+        mean, inv = stats
+        centred, invstd = x3 - mean.reshape(1, c, 1), inv.reshape(1, c, 1)
+    x_hat = centred * invstd
+    dx = dw = db = None
+    if needs[0]:
+        k = invstd if weight is None else invstd * weight.reshape(1, c, 1)
+        inner = g3 if stats is not None else g3 - g3.mean(axes, keepdim=True) - x_hat * (g3 * x_hat).mean(axes, keepdim=True)
+        dx = (k * inner).reshape(x.shape)
+    if needs[1]:
+        dw = (g3 * x_hat).sum(axes)
+    if needs[2]:
+        db = g3.sum(axes)
+    return dx, dw, db
+
+
 class BatchNormTrainFunction(Function):
     """Normalise with the batch's own statistics: ``y = (x - mean_B) * invstd_B * weight + bias``.
 
@@ -202,7 +234,7 @@ class BatchNormTrainFunction(Function):
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         w = _as_dtype(weight, x.dtype)
         y3, mean, var, invstd = batch_norm_forward_train(x3, w, _as_dtype(bias, x.dtype), float(eps))
-        ctx.x_shape = x.shape
+        ctx.x_shape, ctx.eps = x.shape, float(eps)
         ctx.save_for_backward(x3, mean, invstd, w)
         ctx.mark_non_differentiable(1, 2)
         return y3.reshape(x.shape), mean, var
@@ -214,6 +246,14 @@ class BatchNormTrainFunction(Function):
         dx3, dw, db = batch_norm_backward_train(g.reshape(x3.shape), x3, mean, invstd, w, need_x)
         dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
         return dx, (dw if need_w else None), (db if need_b else None), None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, _, _, w = ctx.saved_arrays
+        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+        weight = None if w is None else ctx.input_tensor(1, w)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, ctx.needs_input_grad[:3], ctx.eps)
+        return dx, dw, db, None
 
 
 class BatchNormEvalFunction(Function):
@@ -250,6 +290,15 @@ class BatchNormEvalFunction(Function):
         dx3, dw, db = batch_norm_backward_eval(g.reshape(x3.shape), x3, mean, invstd, w, need_x, need_w, need_b)
         return None if dx3 is None else dx3.reshape(ctx.x_shape), None, None, dw, db, None
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
+        x3, mean, invstd, w = ctx.saved_arrays  # mean and invstd: the fixed statistics, constants here
+        need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
+        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+        weight = None if w is None else ctx.input_tensor(3, w)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), 0.0, (mean, invstd))
+        return dx, None, None, dw, db, None
+
 
 class BatchNormAddReLUFunction(Function):
     """``relu(batch_norm(x) + residual)``: the tail of a post-activation residual block as one op.
@@ -275,7 +324,7 @@ class BatchNormAddReLUFunction(Function):
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
         r3 = residual.astype(dt, copy=False).reshape(x3.shape)
         w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
-        ctx.training = mean is None
+        ctx.training, ctx.eps = mean is None, float(eps)
         if ctx.training:
             _check_batch_statistics(name, x)
             y3, mean, var, invstd = batch_norm_forward_train(x3, w, b, float(eps), r3, relu=True)
@@ -300,6 +349,17 @@ class BatchNormAddReLUFunction(Function):
         dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
         dr = g3.reshape(ctx.x_shape) if need_r else None
         return dx, dr, (dw if need_w else None), (db if need_b else None), None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, y3, mean, invstd, w = ctx.saved_arrays
+        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
+        g = g * (y3.reshape(ctx.x_shape) > 0)  # through the ReLU (its mask is a constant)
+        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+        weight = None if w is None else ctx.input_tensor(2, w)
+        stats = None if ctx.training else (mean, invstd)
+        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), ctx.eps, stats)
+        return dx, (g if need_r else None), dw, db, None, None, None
 
 
 def update_running_stats(running_mean: Any, running_var: Any, mean: Any, var: Any, count: int, momentum: float) -> None:

@@ -4,6 +4,11 @@ Windowed pools loop over the kH*kW kernel offsets, each step one strided slice o
 input covering every output pixel at once (no loop over batch or pixels). Output sizes follow
 PyTorch, ``ceil_mode`` included (the rule lives in :mod:`minires.ops.geometry`). Each Function checks
 its own arguments, so ``MaxPool2dFunction.apply(x, 2)`` fails as clearly as ``max_pool2d(x, 2)``.
+
+Every pool's backward is linear in the incoming gradient with the window choices fixed (the saved
+argmax, the divisors, the bins), so under ``create_graph=True`` it is recorded as a
+:func:`~minires.ops.linear_map.linear_map` whose transpose is the pool itself restricted to those
+choices: max-pool's double backward is a gather by the saved argmax, average pooling's the average.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from minires.autograd.function import Context, Function
 from minires.backend import add_at, xp_of
 from minires.ops._util import as_tensor, check_float
 from minires.ops.geometry import IntPair, Window2d
+from minires.ops.linear_map import linear_map
 from minires.tensor import Tensor
 
 
@@ -35,15 +41,20 @@ def _padded(x: Any, window: Window2d, fill: float) -> Any:
     """x (N, C, H, W) inside a buffer (N, C, eH, eW) filled with ``fill``, offset by the leading padding.
 
     The buffer covers every window (ceil mode may reach past the bottom/right padding)."""
-    xp = xp_of(x)
-    n, c, h, w = x.shape
-    (pt, pl), extent = window.pad_before, window.extent
-    eh, ew = max(extent[0], h + pt), max(extent[1], w + pl)
-    if (eh, ew) == (h, w):
+    shape = _buffer_shape(x.shape, window)
+    if shape == tuple(x.shape):
         return x
-    buf = xp.full((n, c, eh, ew), fill, dtype=x.dtype)
+    (pt, pl), (h, w) = window.pad_before, x.shape[2:]
+    buf = xp_of(x).full(shape, fill, dtype=x.dtype)
     buf[:, :, pt : pt + h, pl : pl + w] = x
     return buf
+
+
+def _buffer_shape(x_shape: tuple[int, ...], window: Window2d) -> tuple[int, ...]:
+    """The shape of :func:`_padded`'s buffer: (N, C, eH, eW), big enough for every window."""
+    n, c, h, w = x_shape
+    (pt, pl), extent = window.pad_before, window.extent
+    return (n, c, max(extent[0], h + pt), max(extent[1], w + pl))
 
 
 def _unpadded(buf: Any, window: Window2d) -> Any:
@@ -101,6 +112,24 @@ class MaxPool2dFunction(Function):
             _tap(gbuf, k, window)[...] += xp.where(arg == k, grad, 0)
         return _unpadded(gbuf, window), None, None, None, None, None
 
+    @staticmethod
+    def backward_graph(ctx: Context, grad: Tensor, _: Any = None) -> tuple[Any, ...]:
+        raw, window = ctx.raw, ctx.window
+        (arg,) = ctx.saved_arrays
+        scatter = lambda g: MaxPool2dFunction.backward(raw, g)[0]  # noqa: E731
+        gathered = linear_map(grad, scatter, lambda u: _gather_by_window_offset(u, arg, window))
+        return gathered, None, None, None, None, None
+
+
+def _gather_by_window_offset(u: Any, arg: Any, window: Window2d) -> Any:
+    """u (N, C, H, W) read at each window's saved argmax offset -> (N, C, oH, oW): max-pool's scatter, transposed."""
+    xp = xp_of(u)
+    buf = _padded(u, window, 0.0)
+    out = xp.zeros(arg.shape, dtype=u.dtype)
+    for k in range(window.kernel[0] * window.kernel[1]):
+        out += xp.where(arg == k, _tap(buf, k, window), 0)
+    return out
+
 
 def _unbatched(fn: Any, x: Tensor, *args: Any, **kwargs: Any) -> Any:
     """Run a 4-D pool on a 3-D (C, H, W) input and drop the batch axis again."""
@@ -155,14 +184,9 @@ class AvgPool2dFunction(Function):
         window = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
         xp = xp_of(x)
         divisor = xp.asarray(_avg_divisor(window, count_include_pad, divisor_override), dtype=x.dtype)
-        buf = _padded(x, window, 0.0)
-        total = _tap(buf, 0, window).copy()
-        for k in range(1, window.kernel[0] * window.kernel[1]):
-            total += _tap(buf, k, window)
-        ctx.window, ctx.buf_shape = window, buf.shape
+        ctx.window, ctx.buf_shape = window, _buffer_shape(x.shape, window)
         ctx.save_for_backward(divisor)
-        total /= divisor
-        return total
+        return _window_average(x, window, divisor)
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
@@ -174,6 +198,23 @@ class AvgPool2dFunction(Function):
         for k in range(window.kernel[0] * window.kernel[1]):
             _tap(gbuf, k, window)[...] += share
         return _unpadded(gbuf, window), None, None, None, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, grad: Tensor) -> tuple[Any, ...]:
+        raw, window = ctx.raw, ctx.window
+        (divisor,) = ctx.saved_arrays
+        spread = lambda g: AvgPool2dFunction.backward(raw, g)[0]  # noqa: E731
+        return linear_map(grad, spread, lambda u: _window_average(u, window, divisor)), None, None, None, None, None, None
+
+
+def _window_average(x: Any, window: Window2d, divisor: Any) -> Any:
+    """Sum over each window of x (N, C, H, W) (padding counts as 0), divided by ``divisor`` -> (N, C, oH, oW)."""
+    buf = _padded(x, window, 0.0)
+    total = _tap(buf, 0, window).copy()
+    for k in range(1, window.kernel[0] * window.kernel[1]):
+        total += _tap(buf, k, window)
+    total /= divisor
+    return total
 
 
 def _avg_divisor(window: Window2d, count_include_pad: bool, divisor_override: Any) -> Any:
@@ -280,6 +321,13 @@ class AdaptiveAvgPool2dFunction(Function):
         ah, aw = ctx.saved_tensors
         return xp.matmul(xp.matmul(ah.T, grad), aw), None
 
+    @staticmethod
+    def backward_graph(ctx: Context, grad: Tensor) -> tuple[Any, None]:
+        raw, out = ctx.raw, ctx.geometry[2]
+        spread = lambda g: AdaptiveAvgPool2dFunction.backward(raw, g)[0]  # noqa: E731
+        average = lambda u: AdaptiveAvgPool2dFunction.forward(Context((False, False)), u, out)  # noqa: E731
+        return linear_map(grad, spread, average), None
+
 
 def adaptive_avg_pool2d(x: Tensor, output_size: int | None | tuple[int | None, int | None]) -> Tensor:
     """Average over PyTorch's adaptive bins: ``(N, C, H, W) -> (N, C, oH, oW)``, any output size.
@@ -334,6 +382,19 @@ class AdaptiveMaxPool2dFunction(Function):
         planes = xp.arange(n * c)[:, None]
         add_at(gx, (planes, indices.reshape(n * c, -1)), grad.reshape(n * c, -1))  # bins may overlap
         return gx.reshape(n, c, h, w), None
+
+    @staticmethod
+    def backward_graph(ctx: Context, grad: Tensor, _: Any = None) -> tuple[Any, None]:
+        raw = ctx.raw
+        (indices,) = ctx.saved_arrays
+        n, c = ctx.geometry[:2]
+        scatter = lambda g: AdaptiveMaxPool2dFunction.backward(raw, g)[0]  # noqa: E731
+
+        def gather(u: Any) -> Any:  # u (N, C, H, W) read at the saved argmax -> (N, C, oH, oW)
+            planes = xp_of(u).arange(n * c)[:, None]
+            return u.reshape(n * c, -1)[planes, indices.reshape(n * c, -1)].reshape(indices.shape)
+
+        return linear_map(grad, scatter, gather), None
 
 
 def adaptive_max_pool2d(

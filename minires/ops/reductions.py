@@ -10,19 +10,19 @@ import numpy as np
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, normalize_axes
+from minires.ops.gather import ScatterAddAlongDimFunction, scatter_add_along_dim
 from minires.tensor import Tensor
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
 
 def _expand_back(g: Any, shape: tuple[int, ...], axes: tuple[int, ...] | None, keepdim: bool) -> Any:
-    """Broadcast a reduced gradient back to the input's shape."""
-    xp = xp_of(g)
+    """Broadcast a reduced gradient (an array, or a Tensor under create_graph) back to the input's shape."""
     if axes is None:
         axes = tuple(range(len(shape)))
     if not keepdim:
-        g = g.reshape([1 if i in axes else n for i, n in enumerate(shape)])
-    return xp.broadcast_to(g, shape)
+        g = g.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
+    return g.expand(shape) if isinstance(g, Tensor) else xp_of(g).broadcast_to(g, shape)
 
 
 def _count(shape: tuple[int, ...], axes: tuple[int, ...] | None) -> int:
@@ -34,6 +34,8 @@ def _count(shape: tuple[int, ...], axes: tuple[int, ...] | None) -> int:
 
 
 class Sum(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool) -> Any:
         ctx.meta = (x.shape, axes, keepdim)
@@ -46,6 +48,8 @@ class Sum(Function):
 
 
 class Mean(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool) -> Any:
         ctx.meta = (x.shape, axes, keepdim)
@@ -58,7 +62,11 @@ class Mean(Function):
 
 
 class Var(Function):
-    """Variance with ``ddof`` (0: divide by n; 1: by n - 1). d var / dx = 2 (x - mean) / (n - ddof)."""
+    """Variance with ``ddof`` (0: divide by n; 1: by n - 1). d var / dx = 2 (x - mean) / (n - ddof).
+
+    Saves ``x`` itself (not the centred values) so the backward can run on Tensors too."""
+
+    differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool, ddof: int) -> Any:
@@ -66,19 +74,22 @@ class Var(Function):
         if n - ddof <= 0:
             raise ValueError(f"var: {n} value(s) per reduction is too few with correction {ddof}")
         centred = x - x.mean(axis=axes, keepdims=True)
-        ctx.save_for_backward(centred)
+        ctx.save_for_backward(x)
         ctx.meta = (x.shape, axes, keepdim, n - ddof)
         return (centred * centred).sum(axis=axes, keepdims=keepdim) / (n - ddof)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None]:
-        (centred,) = ctx.saved_tensors
+        (x,) = ctx.saved_tensors
         shape, axes, keepdim, denom = ctx.meta
+        centred = x - x.mean(axis=axes, keepdims=True)
         return _expand_back(g, shape, axes, keepdim) * centred * (2 / denom), None, None, None
 
 
 class Extreme(Function):
     """amax / amin over axes; ties share the gradient evenly (PyTorch's amax convention)."""
+
+    differentiable_backward = True  # the shares are constants: piecewise linear
 
     @staticmethod
     def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool, largest: bool) -> Any:
@@ -121,12 +132,17 @@ class ExtremeAlongDim(Function):
     def backward(ctx: Context, g: Any, _g_idx: Any) -> tuple[Any, None, None, None]:
         (idx_k,) = ctx.saved_tensors
         shape, dim, keepdim = ctx.meta
-        xp = xp_of(g)
         if not keepdim:
-            g = xp.expand_dims(g, dim)
-        out = xp.zeros(shape, dtype=g.dtype)
-        xp.put_along_axis(out, idx_k, g, axis=dim)
-        return out, None, None, None
+            g = xp_of(g).expand_dims(g, dim)
+        return scatter_add_along_dim(g, idx_k, dim, shape), None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor, _g_idx: Any) -> tuple[Any, None, None, None]:
+        (idx_k,) = ctx.saved_tensors
+        shape, dim, keepdim = ctx.meta
+        if not keepdim:
+            g = g.unsqueeze(dim)
+        return ScatterAddAlongDimFunction.apply(g, idx_k, dim, shape), None, None, None
 
 
 def sum(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:  # noqa: A001

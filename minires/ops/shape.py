@@ -1,5 +1,7 @@
 """Shape ops: reshape/view, transpose/permute, flatten, squeeze/unsqueeze, expand, indexing,
-cat, stack, pad, and device/dtype moves. Their backward only moves gradient values around."""
+cat, stack, pad, and device/dtype moves. Their backward only moves gradient values around, so under
+``create_graph=True`` it is the matching shape op on Tensors (getitem's is a scatter, whose own
+backward is getitem again)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ def _shape_arg(shape: Sequence[Any]) -> tuple[int, ...]:
 
 
 class Reshape(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, shape: tuple[int, ...]) -> Any:
         ctx.in_shape = x.shape
@@ -41,8 +45,14 @@ class Permute(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
         return g.transpose(tuple(np.argsort(ctx.dims))), None
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None]:
+        return Permute.apply(g, tuple(int(d) for d in np.argsort(ctx.dims))), None
+
 
 class Expand(Function):
+    differentiable_backward = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, shape: tuple[int, ...]) -> Any:
         ctx.in_shape = x.shape
@@ -63,14 +73,41 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None]:
-        shape, dtype, index = ctx.meta
-        xp = xp_of(g)
-        out = xp.zeros(shape, dtype=g.dtype)
-        if _is_basic_index(index):
-            out[index] = g  # basic indexing never repeats an element
-        else:
-            backend.add_at(out, index, g)
-        return out, None
+        shape, _, index = ctx.meta
+        return _scatter_index(g, index, shape), None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None]:
+        shape, _, index = ctx.meta
+        return IndexScatterFunction.apply(g, index, shape), None
+
+
+def _scatter_index(values: Any, index: Any, shape: tuple[int, ...]) -> Any:
+    """Zeros of ``shape`` with ``values`` added at ``index`` (repeated advanced indices accumulate)."""
+    out = xp_of(values).zeros(shape, dtype=values.dtype)
+    if _is_basic_index(index):
+        out[index] = values  # basic indexing never repeats an element
+    else:
+        backend.add_at(out, index, values)
+    return out
+
+
+class IndexScatterFunction(Function):
+    """getitem's backward as an op: ``values`` added into zeros of ``shape`` at ``index``; its own
+    backward is ``getitem`` again (so indexing is differentiable to any order)."""
+
+    @staticmethod
+    def forward(ctx: Context, values: Any, index: Any, shape: tuple[int, ...]) -> Any:
+        ctx.index = index
+        return _scatter_index(values, index, shape)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None, None]:
+        return g[ctx.index], None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None]:
+        return GetItem.apply(g, ctx.index), None, None
 
 
 class Cat(Function):
@@ -85,6 +122,13 @@ class Cat(Function):
         splits = np.cumsum(sizes)[:-1].tolist()
         return (None, *xp_of(g).split(g, splits, axis=dim))
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
+        dim, sizes = ctx.meta
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        lead = (slice(None),) * dim
+        return (None, *(g[lead + (slice(lo, hi),)] for lo, hi in zip(starts[:-1], starts[1:])))
+
 
 class Stack(Function):
     @staticmethod
@@ -97,9 +141,16 @@ class Stack(Function):
         xp = xp_of(g)
         return (None, *(xp.take(g, i, axis=ctx.dim) for i in range(g.shape[ctx.dim])))
 
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, ...]:
+        lead = (slice(None),) * ctx.dim
+        return (None, *(g[lead + (i,)] for i in range(g.shape[ctx.dim])))
+
 
 class Pad(Function):
     """Constant padding; ``widths`` is numpy's per-axis ((before, after), ...)."""
+
+    differentiable_backward = True  # backward is a slice
 
     @staticmethod
     def forward(ctx: Context, x: Any, widths: tuple[tuple[int, int], ...], value: float) -> Any:
@@ -121,6 +172,11 @@ class ToDeviceDtype(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None]:
         device, dtype = ctx.meta
         return backend.to_device(g, device).astype(dtype, copy=False), None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None]:
+        device, dtype = ctx.meta
+        return to_device_dtype(g, device, dtype), None, None
 
 
 def _is_basic_index(index: Any) -> bool:

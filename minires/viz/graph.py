@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from minires.autograd.engine import topological_order
-from minires.autograd.function import Node
+from minires.autograd.function import Edge, LeafEdge, Node, gradient_edge
 from minires.tensor import Tensor
 
 # What ``params`` may be: a Module (its named_parameters are used) or a {name: tensor} mapping.
@@ -99,19 +99,22 @@ def _collect(root: Tensor, names: dict[int, str]) -> _Graph:
             if edge is None:
                 keys.append(None)
                 continue
-            parent, target = edge
-            if parent is None:  # a leaf tensor
-                key: tuple[Any, ...] = ("leaf", id(target))
-                name = names.get(id(target))
-                label = f"{name}\n{_shape(target.shape)}" if name else f"leaf {_shape(target.shape)}"
+            if isinstance(edge, LeafEdge):
+                leaf = edge.tensor
+                key: tuple[Any, ...] = ("leaf", id(leaf))
+                name = names.get(id(leaf))
+                label = f"{name}\n{_shape(leaf.shape)}" if name else f"leaf {_shape(leaf.shape)}"
                 add_tensor(key, label, "param" if name else "leaf")
             else:
-                key = ("out", id(parent), target)
-                add_tensor(key, _shape(parent.output_meta[target][0]), "tensor")
-                producer[key] = parent
+                key = ("out", id(edge.node), edge.output_index)
+                add_tensor(key, _shape(edge.node.output_meta[edge.output_index][0]), "tensor")
+                producer[key] = edge.node
             keys.append(key)
         inputs[id(node)] = keys
-    root_key = ("out", id(root.grad_fn), root._output_index)
+    root_edge = gradient_edge(root)
+    if not isinstance(root_edge, Edge):  # to_dot draws a leaf itself before it gets here
+        raise ValueError("_collect: the root is a leaf tensor; it has no graph to collect")
+    root_key = ("out", id(root_edge.node), root_edge.output_index)
     name = names.get(id(root))
     tensors.pop(root_key, None)
     tensors[root_key] = (f"t{len(tensors)}", f"{name or 'output'}\n{_shape(root.shape)}", "output")

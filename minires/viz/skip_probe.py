@@ -43,6 +43,8 @@ from minires.tensor import Tensor
 class ProbeTap(Function):
     """``y = x`` with ``dL/dx = dL/dy``: a graph node of its own, so a hook on ``y`` sees one path's gradient."""
 
+    differentiable_backward = True  # the identity: its backward works on Tensors as well
+
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
         return x
