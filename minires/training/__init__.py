@@ -1,4 +1,4 @@
-"""The training command's parts, a file each: settings (config), recipes, data setup, optimizer and schedule
+"""The training command's parts, a file each: settings (config), recipes, data (loaders), optimizer and schedule
 (optimization), Ctrl-C handling (interrupt), the loop (trainer), evaluation, checkpoints and metrics."""
 
 from minires.training.checkpoint import load_checkpoint, save_checkpoint

@@ -12,8 +12,8 @@ from minires.data import DATASETS
 from minires.training.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_config
 from minires.training.config import RUN_LOCAL, TrainConfig
 from minires.training.evaluate import evaluate
+from minires.training.loaders import build_evaluation
 from minires.training.recipes import MODEL_NAMES, RECIPES
-from minires.training.setup import build_evaluation
 from minires.training.trainer import NonFiniteLossError, Trainer
 
 

@@ -30,10 +30,10 @@ from minires.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkp
 from minires.training.config import TrainConfig, check_resume
 from minires.training.evaluate import count_correct, evaluate
 from minires.training.interrupt import StopOnInterrupt
+from minires.training.loaders import check_device, make_test_loader, make_transforms
 from minires.training.metrics import CURVES, METRICS, append_metrics, plot_curves, read_metrics, start_metrics
 from minires.training.optimization import make_optimizer, make_schedule
 from minires.training.recipes import build_model
-from minires.training.setup import check_device, make_test_loader, make_transforms
 
 
 class NonFiniteLossError(RuntimeError):
