@@ -11,6 +11,7 @@ from typing import Sequence
 from minires.data import DATASETS
 from minires.training.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_config
 from minires.training.config import RUN_LOCAL, TrainConfig
+from minires.training.distributed import exit_code
 from minires.training.evaluate import evaluate
 from minires.training.loaders import build_evaluation
 from minires.training.recipes import MODEL_NAMES, RECIPES
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="the same network without skip connections")
     p.add_argument("--preact", action="store_true", help="pre-activation residual blocks")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="images per step per process: under mpiexec -n N the global batch is N x this")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-grad-norm", type=float, help="clip the global gradient norm to this value")
     p.add_argument("--train-subset", type=int, metavar="N", help="train on a fixed random N-image part of the training set")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under mpiexec: BatchNorm statistics per process instead of over the global batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default: runs/<timestamp>)")
@@ -78,13 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(config)
         records = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
-        return 130
+        return exit_code(130)
     except NonFiniteLossError as exc:
         print(f"minires-train: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(1)
     except (FileNotFoundError, ValueError) as exc:
         print(f"minires-train: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(2)  # under mpiexec: ends the other ranks too
     if records:
         best = max(r["test_acc"] for r in records)
         print(f"done: final test accuracy {100 * records[-1]['test_acc']:.2f}% (best {100 * best:.2f}%), "

@@ -48,6 +48,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
     augment: bool = True
+    sync_bn: bool = True  # under mpiexec -n N > 1: SyncBatchNorm (global-batch statistics) instead of per-rank BatchNorm
     train_subset: int | None = None
     device: str = "cpu"
     seed: int = 0
