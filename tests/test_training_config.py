@@ -16,6 +16,7 @@ def test_flag_names() -> None:
     assert flag_name("batch_size") == "--batch-size"
     assert flag_name("augment") == "--no-augment"
     assert flag_name("progress") == "--no-progress"
+    assert flag_name("sync_bn") == "--no-sync-bn"
 
 
 def test_resume_refuses_each_fixed_setting_and_lists_them_all() -> None:

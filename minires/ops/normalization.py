@@ -117,12 +117,17 @@ def _check_input(name: str, x: Any) -> None:
 
 
 def _check_channel_vector(name: str, what: str, t: Any, x: Any) -> None:
-    """``t`` (weight, bias, a statistic) is None or has shape (C,) for x's C channels."""
+    """``t`` (weight, bias, a statistic) is None or has shape (C,) for x's C channels (and, for
+    tensors, sits on x's device)."""
     c = x.shape[1]
-    if t is not None and tuple(t.shape) != (c,):
+    if t is None:
+        return
+    if tuple(t.shape) != (c,):
         raise ValueError(
             f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {tuple(x.shape)} with {c} channels"
         )
+    if isinstance(t, Tensor) and isinstance(x, Tensor) and t.device != x.device:
+        raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
 
 
 def _as_dtype(a: Any, dtype: Any) -> Any:
@@ -254,8 +259,6 @@ def batch_norm(
         return BatchNormEvalFunction.apply(x, running_mean, running_var, weight, bias, float(eps))
     for what, t in (("running_mean", running_mean), ("running_var", running_var)):  # updated below, outside any Function
         _check_channel_vector(name, what, t, x)
-        if t is not None and t.device != x.device:
-            raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
     y, mean, var = BatchNormTrainFunction.apply(x, weight, bias, float(eps))
     if running_mean is not None:
         update_running_stats(running_mean.data, running_var.data, mean.data, var.data, x.numel() // x.shape[1], float(momentum))

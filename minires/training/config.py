@@ -25,7 +25,8 @@ RUN_LOCAL = ("out", "prefetch", "progress")
 
 def flag_name(field: str) -> str:
     """The command-line flag that sets a TrainConfig field (``batch_size`` -> ``--batch-size``)."""
-    return {"augment": "--no-augment", "progress": "--no-progress"}.get(field, "--" + field.replace("_", "-"))
+    negated = {"augment": "--no-augment", "progress": "--no-progress", "sync_bn": "--no-sync-bn"}
+    return negated.get(field, "--" + field.replace("_", "-"))
 
 
 @dataclass
