@@ -65,6 +65,7 @@ from minires.ops import (
 from minires.random import get_rng_state, manual_seed, set_rng_state
 from minires.serialization import load, load_tree, save, save_tree
 from minires.tensor import Tensor
+from minires.torchfile import load_torch, unwrap_state_dict
 
 float16 = _np.dtype(_np.float16)
 float32 = _np.dtype(_np.float32)
@@ -80,10 +81,10 @@ __all__ = [
     "Context", "Function", "GradcheckError", "Tensor", "abs", "amax", "amin", "arange", "argmax",
     "argmin", "as_tensor", "bool_", "cat", "clamp", "clip", "cuda", "double", "enable_grad", "exp",
     "expand", "eye", "flatten", "float", "float16", "float32", "float64", "full", "full_like",
-    "get_rng_state", "gradcheck", "half", "int32", "int64", "is_grad_enabled", "linspace", "load", "load_tree",
+    "get_rng_state", "gradcheck", "half", "int32", "int64", "is_grad_enabled", "linspace", "load", "load_torch", "load_tree",
     "log", "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min",
     "minimum", "no_grad", "ones", "ones_like", "pad", "permute", "rand", "randint", "randn",
     "randperm", "relu", "reshape", "save", "save_tree", "set_grad_enabled", "set_rng_state", "sigmoid",
-    "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "tensor", "transpose", "unsqueeze",
+    "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "tensor", "transpose", "unsqueeze", "unwrap_state_dict",
     "var", "where", "zeros", "zeros_like",
 ]

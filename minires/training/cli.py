@@ -9,12 +9,14 @@ import sys
 from typing import Sequence
 
 from minires.data import DATASETS
+from minires.torchfile import is_torch_file
 from minires.training.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_config
 from minires.training.config import RUN_LOCAL, TrainConfig
 from minires.training.distributed import exit_code
 from minires.training.evaluate import evaluate
 from minires.training.loaders import build_evaluation
 from minires.training.recipes import MODEL_NAMES, RECIPES
+from minires.training.torch_eval import evaluate_torch_checkpoint
 from minires.training.trainer import NonFiniteLossError, Trainer
 
 
@@ -97,16 +99,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``minires-eval --checkpoint PATH``: test accuracy, per-class accuracy and confusion matrix."""
-    p = argparse.ArgumentParser(prog="minires-eval", description="Evaluate a minires-train checkpoint on its test set.")
+    p = argparse.ArgumentParser(prog="minires-eval", description="Evaluate a minires-train checkpoint, or a PyTorch "
+                                "CIFAR-ResNet checkpoint (.th/.pt, read without PyTorch), on its test set.")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-dir", help="override the data folder recorded in the checkpoint")
+    p.add_argument("--data-dir", help="override the data folder recorded in the checkpoint (required for a PyTorch file)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--model", help="PyTorch file only: the CIFAR ResNet it holds (resnet20 ... resnet1202), checked against it")
     args = p.parse_args(argv)
+    if is_torch_file(args.checkpoint):
+        try:
+            print(evaluate_torch_checkpoint(args.checkpoint, args.model, args.data_dir, args.device))
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            print(f"minires-eval: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         ckpt = load_checkpoint(args.checkpoint)
         if "config" not in ckpt:
             raise ValueError(f"{args.checkpoint!r} has no 'config' section: not written by minires-train")
         saved = dict(ckpt["config"])
+        if args.model and args.model != saved.get("model"):
+            raise ValueError(f"--model {args.model}: {args.checkpoint!r} holds a {saved.get('model')} (--model is for PyTorch files)")
         saved.update(device=args.device, prefetch=0, progress=False, out=os.path.dirname(os.path.abspath(args.checkpoint)))
         if args.data_dir:
             saved["data_dir"] = args.data_dir
