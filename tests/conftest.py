@@ -33,6 +33,17 @@ if TEST_DEVICE == "foreign":
     foreign_device.register()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "device: runs on MINIRES_TEST_DEVICE; `pytest -m device` is the GPU subset under =cuda")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes the ``device`` fixture belongs to the device subset (``-m device``)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
 @pytest.fixture
 def device() -> str:
     """The device tests create tensors on (MINIRES_TEST_DEVICE, default "cpu")."""

@@ -120,7 +120,7 @@ def sync_batch_norm(
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
     for what, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        _check_channel_vector(name, what, t, x)
+        _check_channel_vector(name, what, t, x)  # shape and device
     rm = None if running_mean is None else running_mean.data
     rv = None if running_var is None else running_var.data
     return SyncBatchNormFunction.apply(x, weight, bias, rm, rv, float(momentum), float(eps), world())

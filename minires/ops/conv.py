@@ -31,7 +31,7 @@ from minires.amp import cast_to_compute
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float
-from minires.ops.cuda import kernels as cuda_kernels
+from minires.ops.cuda import launch as cuda_launch
 from minires.ops.cuda import use_fast_kernels
 from minires.ops.geometry import IntPair, Window2d
 from minires.tensor import Tensor
@@ -76,8 +76,8 @@ def _im2col(x: Any, window: Window2d) -> Any:
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
     oh, ow = window.output_size
-    if use_fast_kernels(x):  # cuda arrays: one CuPy kernel (minires/ops/cuda/kernels.py); this code is its reference
-        return cuda_kernels.im2col(x, window.kernel, window.stride, pads, window.dilation)
+    if use_fast_kernels(x, "im2col"):  # cuda arrays: one CUDA kernel (minires/ops/cuda/); this code is its reference
+        return cuda_launch.im2col(x, window)
     nhwc = x.transpose(0, 2, 3, 1)  # a view; contiguous already when x is channels-last
     if kh == kw == 1 and not any(pads):  # 1x1: the columns are the (strided) pixels themselves
         return xp.ascontiguousarray(nhwc[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]).reshape(n * oh * ow, c)
@@ -114,8 +114,8 @@ def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d)
             f"col2im: expected columns of shape {(n * oh * ow, kh * kw * c)} for input shape {tuple(input_shape)}, "
             f"got {tuple(cols.shape)}"
         )
-    if use_fast_kernels(cols):  # cuda arrays: a deterministic gather kernel; this code is its reference
-        return cuda_kernels.col2im(cols, input_shape, window.kernel, window.stride, pads, window.dilation)
+    if use_fast_kernels(cols, "col2im"):  # cuda arrays: a deterministic gather kernel; this code is its reference
+        return cuda_launch.col2im(cols, input_shape, window)
     blocks = cols.reshape(n, oh, ow, kh, kw, c)
     pt, pb, pl, pr = pads
     if kh == kw == 1 and sh == sw == 1 and not any(pads):
