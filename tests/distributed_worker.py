@@ -151,9 +151,10 @@ def evaluate_sharded(out: str) -> None:
 
     from minires.data import get_dataset
     from minires.models import resnet20
+    from minires.training.config import TrainConfig
     from minires.training.distributed import TrainingWorld
     from minires.training.evaluate import evaluate
-    from minires.training.trainer import TrainConfig, make_test_loader
+    from minires.training.loaders import make_test_loader
 
     world = TrainingWorld(SimpleNamespace(device="cpu", out="unused", progress=False))
     test_set = get_dataset("digits", None, train=False)

@@ -177,8 +177,9 @@ def test_a_forgotten_sync_gradients_is_an_error_not_a_divergence(tmp_path):
 def test_test_set_is_evaluated_exactly_once_over_the_ranks(tmp_path):
     from minires.data import get_dataset
     from minires.models import resnet20
+    from minires.training.config import TrainConfig
     from minires.training.evaluate import evaluate
-    from minires.training.trainer import TrainConfig, make_test_loader
+    from minires.training.loaders import make_test_loader
 
     ranks = worker("evaluate_sharded", tmp_path)
     test_set = get_dataset("digits", None, train=False)

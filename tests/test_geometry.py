@@ -104,6 +104,10 @@ def test_window_is_frozen_and_checked_once() -> None:
     assert Window2d((4, 4), (2, 2), padding=(0, 1, 0, 0)).symmetric_padding is None
     with pytest.raises(AttributeError):
         w.stride = (1, 1)  # type: ignore[misc]
+    made = Window2d((np.int64(6), 6), (np.int32(3), 3), padding=(1, 1, np.int64(1), 1))
+    assert made.input_size == (6, 6) and made.output_size == (6, 6) and type(made.kernel[0]) is int
+    with pytest.raises(ValueError, match=r"window: kernel must be 2 ints >= 1, got \(True, 3\)"):
+        Window2d((6, 6), (True, 3))
     with pytest.raises(ValueError, match=r"im2col: input size \(2, 2\) \(padded \(2, 2\)\) is smaller than the dilated kernel"):
         Window2d.of("im2col", (2, 2), 3, dilation=2)
     with pytest.raises(ValueError, match=r"window: padding must be 4 ints >= 0, got \(1, 1\)"):

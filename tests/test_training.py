@@ -296,16 +296,16 @@ def test_ctrl_c_during_evaluation_saves_the_finished_epoch(tmp_path, monkeypatch
 
 
 def test_eval_does_not_load_the_training_split(small_run, monkeypatch, capsys):
-    import minires.training.trainer as trainer_module
+    import minires.training.loaders as loaders_module
 
     loaded = []
-    original = trainer_module.get_dataset
+    original = loaders_module.get_dataset
 
     def recording_get_dataset(name, data_dir=None, train=True):
         loaded.append(train)
         return original(name, data_dir, train)
 
-    monkeypatch.setattr(trainer_module, "get_dataset", recording_get_dataset)
+    monkeypatch.setattr(loaders_module, "get_dataset", recording_get_dataset)
     assert eval_main(["--checkpoint", str(small_run / "checkpoint.npz")]) == 0
     assert loaded == [False]
     assert "after epoch 1" in capsys.readouterr().out

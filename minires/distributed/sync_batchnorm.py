@@ -36,7 +36,7 @@ from minires.distributed.group import world
 from minires.nn import Module
 from minires.nn.modules.batchnorm import _BatchNorm
 from minires.ops._util import as_tensor, check_float
-from minires.ops.normalization import _channel_dot, _channel_sum, _check_channel_vector
+from minires.ops.normalization import _channel_dot, _channel_sum, _check_channel_vector, update_running_stats
 from minires.tensor import Tensor
 
 
@@ -47,8 +47,8 @@ def _global_sums(comm: Communicator, xp: Any, *parts: Any) -> Any:
 
 
 class SyncBatchNormFunction(Function):
-    """Training-mode batch norm with global statistics; arguments as :class:`minires.ops.normalization.BatchNorm`
-    (x, weight, bias, running_mean, running_var raw arrays or None), then momentum, eps and the communicator."""
+    """Training-mode batch norm with global statistics: x, weight, bias, running_mean, running_var (raw
+    arrays or None), then momentum, eps and the communicator (see :class:`minires.ops.normalization.BatchNormTrainFunction`)."""
 
     @staticmethod
     def forward(ctx: Context, x: Any, weight: Any, bias: Any, running_mean: Any, running_var: Any,
@@ -72,10 +72,7 @@ class SyncBatchNormFunction(Function):
         if bias is not None:
             out += bias.astype(dt, copy=False)[:, None]
         if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean.astype(running_mean.dtype)
-            running_var *= 1 - momentum
-            running_var += momentum * var.astype(running_var.dtype) * running_var.dtype.type(m / (m - 1))
+            update_running_stats(running_mean, running_var, mean, var, m, momentum)
         ctx.comm, ctx.m, ctx.x_shape = comm, m, x.shape
         ctx.save_for_backward(x3, mean, invstd, w)
         return out.reshape(x.shape)
@@ -123,9 +120,7 @@ def sync_batch_norm(
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
     for what, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        _check_channel_vector(name, what, t, x)  # the shape (issue 17's signature); the device below
-        if t is not None and t.device != x.device:
-            raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+        _check_channel_vector(name, what, t, x)  # shape and device
     rm = None if running_mean is None else running_mean.data
     rv = None if running_var is None else running_var.data
     return SyncBatchNormFunction.apply(x, weight, bias, rm, rv, float(momentum), float(eps), world())

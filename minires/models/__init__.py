@@ -20,13 +20,23 @@ from minires.models.blocks import (
 )
 from minires.models.cifar_resnet import CIFAR_DEPTHS, CifarResNet, resnet20, resnet32, resnet44, resnet56, resnet110
 from minires.models.pretrained import CHECKPOINT_MEAN, CHECKPOINT_STD, cifar_state_dict, load_cifar_resnet_checkpoint
-from minires.models.resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from minires.models.resnet import TORCHVISION_LAYOUTS, ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from minires.models.summary import LayerSummary, ModelSummary, summary
+
+# The constructors selectable by name (``getattr(minires.models, name)``, ``minires-train --model``),
+# derived from the two families' depth lists: torchvision's first, then the CIFAR nets.
+TORCHVISION_NAMES = tuple(f"resnet{depth}" for depth in TORCHVISION_LAYOUTS)
+CIFAR_NAMES = tuple(f"resnet{depth}" for depth in CIFAR_DEPTHS)
+MODEL_NAMES = TORCHVISION_NAMES + CIFAR_NAMES
 
 __all__ = [
     "CHECKPOINT_MEAN",
     "CHECKPOINT_STD",
     "CIFAR_DEPTHS",
+    "CIFAR_NAMES",
+    "MODEL_NAMES",
+    "TORCHVISION_LAYOUTS",
+    "TORCHVISION_NAMES",
     "BasicBlock",
     "Bottleneck",
     "CifarResNet",

@@ -30,6 +30,8 @@ from __future__ import annotations
 from typing import Callable
 
 import minires.nn as nn
+import minires.nn.functional as F
+from minires.nn.modules.batchnorm import _BatchNorm
 from minires.ops import pad
 from minires.ops.cuda import use_fast_kernels
 from minires.tensor import Tensor
@@ -264,6 +266,14 @@ class Bottleneck(_ResidualBlock):
         nn.init.zeros_(self.bn3.weight)
 
 
+def _without_stats_update(norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(x)`` with the same result, but a BatchNorm in training leaves its running statistics and
+    ``num_batches_tracked`` as they are (it normalises with the batch's own statistics either way)."""
+    if isinstance(norm, _BatchNorm) and norm.training:
+        return F.batch_norm(x, None, None, norm.weight, norm.bias, training=True, eps=norm.eps)
+    return norm(x)
+
+
 class _PreActBlock(_ResidualBlock):
     """Pre-activation ordering (He et al. 2016, "Identity Mappings in Deep Residual Networks").
 
@@ -294,7 +304,9 @@ class _PreActBlock(_ResidualBlock):
         return self.add(out, identity)
 
     def shortcut(self, x: Tensor) -> Tensor:
-        return x if self.downsample is None else self.downsample(self.relu(self.bn1(x)))
+        """``x``, or the projection of ``relu(bn1(x))``. bn1 here leaves its running statistics alone:
+        ``forward`` and ``branch`` update them, and calling this on its own must not do so a second time."""
+        return x if self.downsample is None else self.downsample(self.relu(_without_stats_update(self.bn1, x)))
 
 
 class PreActBasicBlock(_PreActBlock):

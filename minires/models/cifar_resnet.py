@@ -63,23 +63,18 @@ class CifarResNet(ResNetBase):
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU()
-        self.layer1 = self._make_layer(16, self.blocks_per_stage, stride=1)
-        self.layer2 = self._make_layer(32, self.blocks_per_stage, stride=2)
-        self.layer3 = self._make_layer(64, self.blocks_per_stage, stride=2)
+        self.layer1 = self._make_layer(self.block, 16, self.blocks_per_stage, stride=1, plain=plain)
+        self.layer2 = self._make_layer(self.block, 32, self.blocks_per_stage, stride=2, plain=plain)
+        self.layer3 = self._make_layer(self.block, 64, self.blocks_per_stage, stride=2, plain=plain)
         if preact:
             self.final_bn = nn.BatchNorm2d(64)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)
         init_resnet_weights(self, zero_init_residual)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = OptionAShortcut(self.inplanes, planes, stride, padding=self.shortcut_padding)
-        layers = [self.block(self.inplanes, planes, stride, downsample, plain=self.plain)]
-        self.inplanes = planes
-        layers += [self.block(planes, planes, plain=self.plain) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+    def _downsample(self, inplanes: int, out_planes: int, stride: int) -> nn.Module | None:
+        """The paper's parameter-free option A (subsample, append zero channels where ``shortcut_padding`` says)."""
+        return OptionAShortcut(inplanes, out_planes, stride, padding=self.shortcut_padding)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and the three stages: ``(N, C, H, W) -> (N, 64, H / 4, W / 4)``."""

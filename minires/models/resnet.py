@@ -93,6 +93,23 @@ class ResNetBase(nn.Module):
         x = self.avgpool(x).flatten(1)
         return self.fc(x)
 
+    inplanes: int  # channels entering the next stage; _make_layer advances it
+
+    def _downsample(self, inplanes: int, out_planes: int, stride: int) -> nn.Module | None:
+        """The shortcut of a stage's first block when it changes shape (each family has its own)."""
+        raise NotImplementedError
+
+    def _make_layer(self, block: BlockType, planes: int, blocks: int, stride: int = 1, **block_kwargs: object) -> nn.Sequential:
+        """One stage: a first block that may change shape (stride, channels), then ``blocks - 1`` more."""
+        out_planes = planes * block.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out_planes:
+            downsample = self._downsample(self.inplanes, out_planes, stride)
+        layers = [block(self.inplanes, planes, stride, downsample, **block_kwargs)]  # type: ignore[arg-type]
+        self.inplanes = out_planes
+        layers += [block(out_planes, planes, **block_kwargs) for _ in range(1, blocks)]  # type: ignore[arg-type]
+        return nn.Sequential(*layers)
+
 
 class ResNet(ResNetBase):
     """A torchvision-layout ResNet: stem, four stages of residual blocks, global average pool, ``fc``.
@@ -141,10 +158,11 @@ class ResNet(ResNetBase):
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
             self.maxpool = nn.Identity()
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        kwargs = {"groups": groups, "base_width": width_per_group, "norm_layer": self._norm_layer, "plain": plain}
+        self.layer1 = self._make_layer(block, 64, layers[0], **kwargs)
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2, **kwargs)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, **kwargs)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, **kwargs)
         if self.preact:
             self.final_bn = self._norm_layer(512 * block.expansion)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
@@ -160,20 +178,13 @@ class ResNet(ResNetBase):
         """
         return 32 if self.stem == "imagenet" else 8
 
-    def _make_layer(self, block: BlockType, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        """One stage: a first block that may change shape (stride, channels), then ``blocks - 1`` more."""
-        downsample = None
-        out_planes = planes * block.expansion
-        if not self.plain and (stride != 1 or self.inplanes != out_planes):
-            if self.preact:
-                downsample = nn.Sequential(conv1x1(self.inplanes, out_planes, stride))
-            else:
-                downsample = projection_shortcut(self.inplanes, out_planes, stride, self._norm_layer)
-        kwargs = {"groups": self.groups, "base_width": self.base_width, "norm_layer": self._norm_layer, "plain": self.plain}
-        layers = [block(self.inplanes, planes, stride, downsample, **kwargs)]
-        self.inplanes = out_planes
-        layers += [block(self.inplanes, planes, **kwargs) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+    def _downsample(self, inplanes: int, out_planes: int, stride: int) -> nn.Module | None:
+        """torchvision's projection (1x1 conv + norm); a bare 1x1 conv for pre-activation blocks; none when plain."""
+        if self.plain:
+            return None
+        if self.preact:
+            return nn.Sequential(conv1x1(inplanes, out_planes, stride))
+        return projection_shortcut(inplanes, out_planes, stride, self._norm_layer)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and the four stages: ``(N, C, H, W) -> (N, 512 * expansion, H / 32, W / 32)``
@@ -195,9 +206,18 @@ class ResNet(ResNetBase):
         return x
 
 
+# depth -> (blocks per stage, Bottleneck blocks?): torchvision's five ResNets, the one list of them.
+TORCHVISION_LAYOUTS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
+
+
 def _resnet(
-    layers: Sequence[int],
-    bottleneck: bool,
+    depth: int,
     num_classes: int,
     stem: str,
     zero_init_residual: bool,
@@ -205,6 +225,7 @@ def _resnet(
     preact: bool,
     **kwargs: object,
 ) -> ResNet:
+    layers, bottleneck = TORCHVISION_LAYOUTS[depth]
     if bottleneck:
         block: BlockType = PreActBottleneck if preact else Bottleneck
     else:
@@ -221,7 +242,7 @@ def resnet18(
     **kwargs: object,
 ) -> ResNet:
     """ResNet-18: BasicBlocks [2, 2, 2, 2]; 11,689,512 parameters (ImageNet stem, 1000 classes)."""
-    return _resnet([2, 2, 2, 2], False, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
+    return _resnet(18, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
 
 
 def resnet34(
@@ -233,7 +254,7 @@ def resnet34(
     **kwargs: object,
 ) -> ResNet:
     """ResNet-34: BasicBlocks [3, 4, 6, 3]; 21,797,672 parameters."""
-    return _resnet([3, 4, 6, 3], False, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
+    return _resnet(34, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
 
 
 def resnet50(
@@ -245,7 +266,7 @@ def resnet50(
     **kwargs: object,
 ) -> ResNet:
     """ResNet-50: Bottlenecks [3, 4, 6, 3]; 25,557,032 parameters."""
-    return _resnet([3, 4, 6, 3], True, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
+    return _resnet(50, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
 
 
 def resnet101(
@@ -257,7 +278,7 @@ def resnet101(
     **kwargs: object,
 ) -> ResNet:
     """ResNet-101: Bottlenecks [3, 4, 23, 3]; 44,549,160 parameters."""
-    return _resnet([3, 4, 23, 3], True, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
+    return _resnet(101, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
 
 
 def resnet152(
@@ -269,10 +290,10 @@ def resnet152(
     **kwargs: object,
 ) -> ResNet:
     """ResNet-152: Bottlenecks [3, 8, 36, 3]; 60,192,808 parameters."""
-    return _resnet([3, 8, 36, 3], True, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
+    return _resnet(152, num_classes, stem, zero_init_residual, plain, preact, **kwargs)
 
 
 __all__ = [
-    "ResNet", "ResNetBase", "check_image_input", "init_resnet_weights",
+    "TORCHVISION_LAYOUTS", "ResNet", "ResNetBase", "check_image_input", "init_resnet_weights",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
 ]

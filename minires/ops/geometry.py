@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IntPair = int | tuple[int, int]
+_INT_ONLY = {int}
 Padding4 = tuple[int, int, int, int]  # (top, bottom, left, right)
 
 
@@ -37,6 +38,8 @@ def pair(op: str, what: str, value: Any, minimum: int = 0) -> tuple[int, int]:
     ``pair("conv2d", "stride", 2, 1) == (2, 2)``; errors name the op and the argument:
     ``conv2d: stride must be >= 1, got 0``. Booleans are refused (``True`` is not a size).
     """
+    if type(value) is int and value >= minimum:  # the usual case, quickly
+        return (value, value)
     wrong = f"{op}: {what} must be an int or a pair of ints, got {value!r}"
     items = tuple(value) if hasattr(value, "__len__") and not isinstance(value, str) else (value,)
     try:
@@ -112,13 +115,16 @@ class Window2d:
             ("padding", self.padding, 4, 0),
             ("dilation", self.dilation, 2, 1),
         ):
-            try:
-                ints = tuple(_as_int(v) for v in value)
-            except TypeError:
-                ints = ()
+            if type(value) is tuple and set(map(type, value)) == _INT_ONLY:  # the usual case: already plain ints
+                ints = value
+            else:
+                try:
+                    ints = tuple(_as_int(v) for v in value)
+                except TypeError:
+                    ints = ()
+                object.__setattr__(self, what, ints)
             if len(ints) != length or min(ints) < minimum:
                 raise ValueError(f"{self.op}: {what} must be {length} ints >= {minimum}, got {value!r}")
-            object.__setattr__(self, what, ints)
         (h, w), (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = (
             self.input_size, self.kernel, self.stride, self.padding, self.dilation
         )

@@ -162,12 +162,17 @@ def _check_input(name: str, x: Any) -> None:
 
 
 def _check_channel_vector(name: str, what: str, t: Any, x: Any) -> None:
-    """``t`` (weight, bias, a statistic) is None or has shape (C,) for x's C channels."""
+    """``t`` (weight, bias, a statistic) is None or has shape (C,) for x's C channels (and, for
+    tensors, sits on x's device)."""
     c = x.shape[1]
-    if t is not None and tuple(t.shape) != (c,):
+    if t is None:
+        return
+    if tuple(t.shape) != (c,):
         raise ValueError(
             f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {tuple(x.shape)} with {c} channels"
         )
+    if isinstance(t, Tensor) and isinstance(x, Tensor) and t.device != x.device:
+        raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
 
 
 def _check_batch_statistics(name: str, x: Any) -> None:
@@ -444,7 +449,5 @@ def _norm_arguments(name: str, x: Tensor, *optional: Any) -> tuple[Tensor | None
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
     for what, t in (("running_mean", running_mean), ("running_var", running_var)):
-        _check_channel_vector(name, what, t, x)
-        if t is not None and t.device != x.device:
-            raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+        _check_channel_vector(name, what, t, x)  # shape and device
     return weight, bias, running_mean, running_var

@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 from minires.serialization import load_tree, save_tree
 
+CHECKPOINT = "checkpoint.npz"  # the file name minires-train writes inside a run's --out folder
+
 
 def save_checkpoint(path: str | os.PathLike[str], model_state: Mapping[str, Any], **sections: Any) -> None:
     """Write ``model_state`` (a state dict) and any other sections (optimizer=..., epoch=...) atomically."""

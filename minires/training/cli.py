@@ -10,16 +10,14 @@ from typing import Sequence
 
 from minires.data import DATASETS
 from minires.torchfile import is_torch_file
-from minires.training.checkpoint import load_checkpoint, read_checkpoint_config
+from minires.training.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_config
+from minires.training.config import RUN_LOCAL, TrainConfig
 from minires.training.distributed import exit_code
 from minires.training.evaluate import evaluate
+from minires.training.loaders import build_evaluation
 from minires.training.recipes import MODEL_NAMES, RECIPES
 from minires.training.torch_eval import evaluate_torch_checkpoint
-from minires.training.trainer import CHECKPOINT, NonFiniteLossError, TrainConfig, Trainer, build_evaluation
-
-# Settings a resumed run takes from its own command line, not from the checkpoint (--out defaults to the
-# checkpoint's folder).
-_RUN_LOCAL = ("out", "prefetch", "progress")
+from minires.training.trainer import NonFiniteLossError, Trainer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parsed = _parser().parse_args(argv, namespace=argparse.Namespace(**{k: unset for k in vars(args)}))
             given = {k: v for k, v in vars(parsed).items() if k in fields and v is not unset}
             saved = read_checkpoint_config(args.resume)
-            settings = {**{k: v for k, v in saved.items() if k in fields and k not in _RUN_LOCAL}, **given}
+            settings = {**{k: v for k, v in saved.items() if k in fields and k not in RUN_LOCAL}, **given}
             settings.update(progress=args.progress, out=args.out or os.path.dirname(os.path.abspath(args.resume)))
         elif args.out is not None and os.path.exists(os.path.join(args.out, CHECKPOINT)):
             raise ValueError(f"--out {args.out} already holds a run ({CHECKPOINT}); continue it with --resume "

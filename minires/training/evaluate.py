@@ -42,6 +42,16 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def predicted_classes(logits: Tensor) -> np.ndarray:
+    """Each row's arg-max class of logits (N, classes), as a host int array (N,)."""
+    return to_numpy(logits.data.argmax(axis=1))
+
+
+def count_correct(logits: Tensor, labels: Tensor) -> int:
+    """How many rows of logits (N, classes) pick their label (N,)."""
+    return int((predicted_classes(logits) == to_numpy(labels.data)).sum())
+
+
 def evaluate(model: Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int) -> EvalResult:
     """Run ``model`` in eval mode over ``batches``; restores the model's previous train/eval mode."""
     was_training = model.training
@@ -53,8 +63,7 @@ def evaluate(model: Module, batches: Iterable[tuple[Tensor, Tensor]], num_classe
             for images, labels in batches:
                 logits = model(images)
                 loss_sum += float(F.cross_entropy(logits, labels, reduction="sum").item())
-                predicted = to_numpy(logits.data.argmax(axis=1))
-                np.add.at(confusion, (to_numpy(labels.data), predicted), 1)
+                np.add.at(confusion, (to_numpy(labels.data), predicted_classes(logits)), 1)
     finally:
         model.train(was_training)
     count = int(confusion.sum())

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import numpy as np
 
+METRICS = "metrics.jsonl"  # file names inside a run's --out folder
+CURVES = "curves.png"
 METRIC_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s")
 
 
@@ -33,6 +36,23 @@ def truncate_metrics(path: str | os.PathLike[str], last_epoch: int) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in kept:
             f.write(json.dumps(r) + "\n")
+
+
+def start_metrics(path: str | os.PathLike[str], resume: str | None, epoch: int) -> None:
+    """Prepare ``path`` for a run: empty for a new run; for one resumed from checkpoint ``resume`` after
+    ``epoch`` epochs, the history up to that epoch (copied from the checkpoint's folder when the run
+    writes to another --out)."""
+    if resume is None:
+        if os.path.exists(path):
+            os.unlink(path)
+        return
+    previous = os.path.join(os.path.dirname(os.path.abspath(resume)), METRICS)
+    if os.path.abspath(path) != previous:  # resuming into another --out: carry the history over
+        if os.path.exists(previous):
+            shutil.copyfile(previous, path)
+        elif os.path.exists(path):
+            os.unlink(path)
+    truncate_metrics(path, epoch)
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> bool:

@@ -6,13 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from minires import models
+from minires.models import MODEL_NAMES, TORCHVISION_NAMES
 from minires.nn import Module
 
-# Models selectable with --model: every constructor in minires.models.
-MODEL_NAMES = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-)
-TORCHVISION_STYLE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+__all__ = ["MODEL_NAMES", "RECIPES", "Recipe", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,6 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int, 
     if name not in MODEL_NAMES:
         raise ValueError(f"--model: unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     kwargs: dict[str, Any] = {"num_classes": num_classes, "plain": plain, "preact": preact, "in_channels": in_channels}
-    if name in TORCHVISION_STYLE:
+    if name in TORCHVISION_NAMES:
         kwargs["stem"] = "cifar" if image_size < 64 else "imagenet"
     return getattr(models, name)(**kwargs)

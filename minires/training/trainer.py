@@ -14,195 +14,31 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 import minires.nn.functional as F
-from minires import optim
 from minires import random as mr_random
-from minires.backend import get_xp, to_numpy
+from minires.backend import to_numpy
 from minires.data import DataLoader, get_dataset
-from minires.data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
-from minires.nn import Module
 from minires.nn.utils import clip_grad_norm_
-from minires.training.checkpoint import load_checkpoint, save_checkpoint
+from minires.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from minires.training.config import TrainConfig, check_resume
 from minires.training.distributed import TrainingWorld
-from minires.training.evaluate import evaluate
-from minires.training.metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
-from minires.training.recipes import RECIPES, build_model
-
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.jsonl"
-CURVES = "curves.png"
+from minires.training.evaluate import count_correct, evaluate
+from minires.training.interrupt import StopOnInterrupt
+from minires.training.loaders import check_device, make_test_loader, make_transforms
+from minires.training.metrics import CURVES, METRICS, append_metrics, plot_curves, read_metrics, start_metrics
+from minires.training.optimization import make_optimizer, make_schedule
+from minires.training.recipes import build_model
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint was kept."""
-
-
-# Settings a resumed run must share with its checkpoint: they decide the model, the data and its order,
-# and the optimizer/schedule state the checkpoint holds (--epochs may change: the schedule is re-planned;
-# --device, --data-dir, --out, --label-smoothing, --clip-grad-norm and the progress bars may change too).
-RESUME_FIXED = (
-    "dataset", "model", "plain", "preact", "batch_size", "lr", "optimizer", "momentum", "schedule", "warmup_epochs",
-    "weight_decay", "augment", "train_subset", "seed",
-)  # fmt: skip
-
-
-def flag_name(field: str) -> str:
-    """The command-line flag that sets a TrainConfig field (``batch_size`` -> ``--batch-size``)."""
-    return "--no-augment" if field == "augment" else "--" + field.replace("_", "-")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on. ``None`` fields take the data set's recipe default."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    model: str | None = None
-    plain: bool = False
-    preact: bool = False
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
-    momentum: float = 0.9
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    weight_decay: float | None = None
-    label_smoothing: float = 0.0
-    clip_grad_norm: float | None = None
-    augment: bool = True
-    sync_bn: bool = True  # under mpiexec -n N > 1: SyncBatchNorm (global-batch statistics) instead of per-rank BatchNorm
-    train_subset: int | None = None
-    device: str = "cpu"
-    seed: int = 0
-    out: str | None = None
-    prefetch: int = 2
-    progress: bool = True
-
-    def resolved(self) -> TrainConfig:
-        """A copy with every recipe default filled in."""
-        if self.dataset not in RECIPES:
-            raise ValueError(f"--dataset: unknown data set {self.dataset!r}; choose one of {', '.join(RECIPES)}")
-        recipe = RECIPES[self.dataset]
-        filled = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("model", "epochs", "batch_size", "lr", "optimizer", "schedule", "warmup_epochs", "weight_decay"):
-            if filled[name] is None:
-                filled[name] = getattr(recipe, name)
-        if filled["out"] is None:
-            stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-            filled["out"], n = stamp, 2
-            while os.path.exists(filled["out"]):  # two runs started in the same second get their own folders
-                filled["out"], n = f"{stamp}-{n}", n + 1
-        return TrainConfig(**filled)
-
-
-def _transforms(config: TrainConfig, mean: Any, std: Any, size: int, train: bool) -> Compose:
-    recipe = RECIPES[config.dataset]
-    steps: list[Any] = []
-    if train and config.augment:
-        if recipe.crop_padding:
-            steps.append(RandomCrop(size, padding=recipe.crop_padding))
-        if recipe.flip:
-            steps.append(RandomHorizontalFlip())
-    steps.append(Normalize(mean, std))
-    return Compose(steps)
-
-
-def make_optimizer(config: TrainConfig, model: Module) -> optim.Optimizer:
-    # No weight decay on BatchNorm parameters and biases (1-d tensors), as is usual for ResNets.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "sgd":
-        return optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-    if config.optimizer == "adam":
-        return optim.Adam(groups, lr=config.lr)
-    if config.optimizer == "adamw":
-        return optim.AdamW(groups, lr=config.lr)
-    raise ValueError(f"--optimizer: unknown optimizer {config.optimizer!r}; choose sgd, adam or adamw")
-
-
-def make_schedule(config: TrainConfig, optimizer: optim.Optimizer, steps_per_epoch: int) -> optim.lr_scheduler.LRScheduler:
-    """A per-iteration schedule over the whole run, with an optional linear warm-up."""
-    sched = optim.lr_scheduler
-    total = config.epochs * steps_per_epoch
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
-    main_steps = max(total - warmup, 1)
-    if config.schedule == "onecycle":
-        return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total, 2))
-    if config.schedule == "cosine":
-        main = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
-    elif config.schedule == "step":
-        main = sched.MultiStepLR(optimizer, milestones=[int(main_steps * 0.5), int(main_steps * 0.75)], gamma=0.1)
-    elif config.schedule == "constant":
-        main = sched.StepLR(optimizer, step_size=max(total, 1) + 1, gamma=1.0)
-    else:
-        raise ValueError(f"--schedule: unknown schedule {config.schedule!r}; choose cosine, onecycle, step or constant")
-    if warmup == 0:
-        return main
-    ramp = sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
-
-
-class _StopOnInterrupt:
-    """The first Ctrl-C asks the loop to stop after the batch in hand (or, during the evaluation that ends
-    an epoch, after that epoch's checkpoint), so the checkpoint is consistent; a second one interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: stopping after this batch (or this epoch's evaluation) and saving a checkpoint "
-              "(Ctrl-C again to abort now)", file=sys.stderr)
-
-    def __enter__(self) -> _StopOnInterrupt:
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def check_device(device: str) -> None:
-    """Fail early, with the install hint, when ``--device cuda`` has no CuPy or no GPU."""
-    try:
-        get_xp(device)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {device}: {exc}") from None
-
-
-def make_test_loader(config: TrainConfig, test_set: Any) -> DataLoader:
-    """Batches of 500 test images, normalised with the statistics the data set carries (the training split's)."""
-    size = test_set.image_shape[1]
-    transform = _transforms(config, test_set.mean, test_set.std, size, train=False)
-    return DataLoader(test_set, 500, device=config.device, transform=transform, prefetch=config.prefetch)
-
-
-def build_evaluation(config: TrainConfig) -> tuple[Module, Any, DataLoader]:
-    """(model, test set, test loader) for evaluating a checkpoint: the training split is never loaded."""
-    config = config.resolved()
-    check_device(config.device)
-    test_set = get_dataset(config.dataset, config.data_dir, train=False)
-    channels, size, _ = test_set.image_shape
-    model = build_model(config.model, test_set.num_classes, channels, size, config.plain, config.preact).to(config.device)
-    return model, test_set, make_test_loader(config, test_set)
 
 
 class Trainer:
@@ -227,7 +63,7 @@ class Trainer:
         mean, std = self.train_set.mean, self.train_set.std
         self.train_loader = DataLoader(
             self.train_set, config.batch_size, drop_last=True, seed=config.seed, device=config.device,
-            transform=_transforms(config, mean, std, size, train=True), prefetch=config.prefetch,
+            transform=make_transforms(config, mean, std, size, train=True), prefetch=config.prefetch,
             **self.world.loader_order(self.train_set, config.seed),
         )
         self.test_loader = make_test_loader(config, self.world.test_shard(self.test_set))
@@ -269,15 +105,7 @@ class Trainer:
             if key not in ckpt:
                 raise ValueError(f"--resume: {path!r} lacks the {key!r} section of a minires-train checkpoint")
         self.world.check_resume(ckpt, path)
-        saved = ckpt.get("config") or {}
-        for name in RESUME_FIXED:
-            if name in saved and saved[name] != getattr(self.config, name):
-                raise ValueError(
-                    f"--resume: {flag_name(name)} conflicts with the checkpoint {path!r}: it was trained with "
-                    f"{name}={saved[name]!r}, this run asks for {name}={getattr(self.config, name)!r}. A resumed run keeps "
-                    f"the checkpoint's {', '.join(map(flag_name, RESUME_FIXED))}; only --epochs, --device, --data-dir, "
-                    "--out, --label-smoothing and --clip-grad-norm may change"
-                )
+        check_resume(ckpt.get("config") or {}, self.config, path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -311,24 +139,17 @@ class Trainer:
             os.makedirs(config.out, exist_ok=True)
         if resume:
             self.restore(resume)
-            previous = os.path.join(os.path.dirname(os.path.abspath(resume)), METRICS)
-            if main and os.path.abspath(metrics_path) != previous:  # resuming into another --out: carry the history over
-                if os.path.exists(previous):
-                    shutil.copyfile(previous, metrics_path)
-                elif os.path.exists(metrics_path):
-                    os.unlink(metrics_path)
-            if main:
-                truncate_metrics(metrics_path, self.epoch)
+        if main:
+            start_metrics(metrics_path, resume, self.epoch)
+        if resume:
             print(f"resumed from {resume} after epoch {self.epoch}" + (
                 f" (+{self.partial['batches']} batches)" if self.partial else ""))
-        elif main and os.path.exists(metrics_path):
-            os.unlink(metrics_path)
         print(f"minires-train: {config.model}{' (plain)' if config.plain else ''} on {config.dataset} "
               f"({len(self.train_set)} train / {len(self.test_set)} test images, {self.num_classes} classes), "
               f"{sum(p.numel() for p in self.model.parameters()):,} parameters, device {config.device}, out {config.out}")
         if self.world.distributed:
             print(self.world.describe(config.batch_size, config.sync_bn))
-        with _StopOnInterrupt() as interrupt:
+        with StopOnInterrupt() as interrupt:
             while self.epoch < config.epochs:
                 record = self._run_epoch(interrupt)
                 if main:
@@ -347,7 +168,7 @@ class Trainer:
             print(f"curves: {os.path.join(config.out, CURVES)}")
         return records
 
-    def _run_epoch(self, interrupt: _StopOnInterrupt) -> dict[str, Any]:
+    def _run_epoch(self, interrupt: StopOnInterrupt) -> dict[str, Any]:
         config = self.config
         self.model.train()
         self.train_loader.set_epoch(self.epoch)
@@ -367,7 +188,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             logits = self.forward(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-            hits = int((to_numpy(logits.data.argmax(axis=1)) == to_numpy(labels.data)).sum())
+            hits = count_correct(logits, labels)
             value, n, hits = self.world.batch_totals(float(loss.item()), labels.shape[0], hits)  # over all ranks
             if not math.isfinite(value):
                 bar.close()
