@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import numpy as np
 
 from minires import backend
 from minires.autograd.engine import run_backward
-from minires.autograd.grad_mode import is_grad_enabled
+from minires.autograd.grad_mode import is_grad_enabled, no_grad
 
 DEFAULT_FLOAT = np.dtype(np.float32)
 
@@ -22,6 +23,31 @@ def _dim_args(name: str, dim: Any, keepdim: bool, axis: Any, keepdims: Any) -> t
     if keepdims is not None:
         keepdim = keepdims
     return dim, bool(keepdim)
+
+
+def _is_dtype_spec(value: Any) -> bool:
+    """True for what ``to`` reads as a dtype: a numpy dtype, a scalar type, or a dtype name like "float64"."""
+    if isinstance(value, (np.dtype, type)):
+        return True
+    if isinstance(value, str) and value.split(":")[0].lower() not in ("cpu", "cuda"):
+        try:
+            np.dtype(value)
+        except TypeError:
+            return False
+        return True
+    return False
+
+
+def _check_same_meta(what: str, array: Any, tensor: Tensor) -> None:
+    """Raise unless ``array`` matches ``tensor`` in shape, dtype and device (gradients must)."""
+    if tuple(array.shape) != tensor.shape:
+        raise RuntimeError(f"{what} has shape {tuple(array.shape)}, expected the tensor's shape {tensor.shape}")
+    if array.dtype != tensor.dtype:
+        raise RuntimeError(f"{what} has dtype {array.dtype}, expected the tensor's dtype {tensor.dtype} (shape {tensor.shape})")
+    if backend.device_of(array) != tensor.device:
+        raise RuntimeError(
+            f"{what} is on {backend.device_of(array)}, expected the tensor's device {tensor.device} (shape {tensor.shape})"
+        )
 
 
 class RemovableHandle:
@@ -38,6 +64,23 @@ class RemovableHandle:
     __call__ = remove
 
 
+class _VersionCounter:
+    """How many times a tensor's data has been changed in place; shared by a tensor and its views.
+
+    ``views`` holds weak references to views that take part in autograd, so an in-place op recorded
+    on their base can refuse to make them stale.
+    """
+
+    __slots__ = ("version", "views")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.views: list[Any] = []
+
+
+LEAF_INPLACE_ERROR = "a leaf Variable that requires grad is being used in an in-place operation."
+
+
 class Tensor:
     """An n-dimensional array that can record the ops applied to it and backpropagate through them.
 
@@ -50,12 +93,16 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
         if isinstance(data, Tensor):
             data = data.data
+        if getattr(data, "dtype", None) is not None and data.dtype.kind not in "biufc":
+            raise TypeError(f"Tensor: cannot hold an array of dtype {data.dtype} (only bool, integer and float data)")
         self.data = data
-        self.grad: Tensor | None = None
+        self._grad: Tensor | None = None
         self.grad_fn: Any = None
         self._output_index = 0
         self._hooks: list[Callable[[Tensor], Any]] = []
         self._retains_grad = False
+        self._vc = _VersionCounter()
+        self._base: Tensor | None = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -64,13 +111,49 @@ class Tensor:
     def _from_array(cls, array: Any) -> Tensor:
         t = cls.__new__(cls)
         t.data = array
-        t.grad = None
+        t._grad = None
         t.grad_fn = None
         t._output_index = 0
         t._hooks = []
         t._retains_grad = False
+        t._vc = _VersionCounter()
+        t._base = None
         t.requires_grad = False
         return t
+
+    def _make_view_of(self, base: Tensor) -> None:
+        """Share ``base``'s version counter: this tensor's data is a view of ``base``'s. Views of a
+        non-leaf in a recorded graph are remembered (weakly) so in-place ops on the base can refuse."""
+        self._vc = base._vc
+        self._base = base._base if base._base is not None else base
+        if base.requires_grad and base.grad_fn is not None and is_grad_enabled():
+            views = self._vc.views
+            if len(views) >= 16:
+                views[:] = [r for r in views if r() is not None]
+            views.append(weakref.ref(self))
+
+    # ----- versions and in-place changes ----------------------------------------------------
+    @property
+    def _version(self) -> int:
+        """How many in-place changes this tensor's data (or a view sharing it) has seen (PyTorch's ``_version``)."""
+        return self._vc.version
+
+    def _bump_version(self) -> None:
+        """Record an in-place change of ``data`` (done by minires: in-place ops, optimizers, init, loading)."""
+        self._vc.version += 1
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The accumulated gradient (a Tensor shaped like this one), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"grad: assigned grad must be a Tensor or None, got {type(value).__name__}")
+            _check_same_meta("grad: assigned grad", value.data, self)
+        self._grad = value
 
     # ----- properties -------------------------------------------------------------------------
     @property
@@ -128,7 +211,9 @@ class Tensor:
         """A copy on another device and/or with another dtype (differentiable); self if nothing changes."""
         from minires.ops.shape import to_device_dtype
 
-        if isinstance(device, (np.dtype, type)) and dtype is None:
+        if isinstance(device, Tensor):  # t.to(other): other's device and dtype, as PyTorch
+            device, dtype = device.device, device.dtype
+        elif dtype is None and _is_dtype_spec(device):
             device, dtype = None, device
         return to_device_dtype(self, device, dtype)
 
@@ -172,8 +257,14 @@ class Tensor:
         return self
 
     def detach(self) -> Tensor:
-        """The same data, cut off from the graph."""
-        return Tensor._from_array(self.data)
+        """The same data, cut off from the graph (shares the version counter, as PyTorch)."""
+        out = Tensor._from_array(self.data)
+        out._vc = self._vc
+        return out
+
+    def clone(self) -> Tensor:
+        """A copy of the data with its own memory; differentiable (the gradient passes through)."""
+        return _ops.clone(self)
 
     def retain_grad(self) -> None:
         """Keep ``.grad`` on a non-leaf tensor after backward."""
@@ -201,9 +292,9 @@ class Tensor:
         if self.grad is None:
             # A fresh, writable array of our own: backward may hand over a read-only broadcast view
             # (sum's backward), the same array it gave another input (add's), or the caller's gradient.
-            self.grad = Tensor._from_array(backend.xp_of(grad).array(grad, copy=True))
+            self._grad = Tensor._from_array(backend.xp_of(grad).array(grad, copy=True))
         else:
-            self.grad = Tensor._from_array(backend.xp_of(grad).asarray(self.grad.data + grad))
+            self._grad = Tensor._from_array(backend.xp_of(grad).asarray(self._grad.data + grad))
 
     def backward(self, gradient: Any = None, retain_graph: bool = False) -> None:
         """Compute the gradient of this tensor with respect to every leaf that requires grad.
@@ -240,10 +331,147 @@ class Tensor:
             grad = grad.astype(self.dtype, copy=False)
         run_backward(self, grad, retain_graph=retain_graph)
 
-    def zero_(self) -> Tensor:
-        """Fill with zeros in place (for ``.grad`` tensors and data outside the graph)."""
-        self.data[...] = 0
+    # ----- in-place ops (PyTorch's rules; see _inplace) ----------------------------------------
+    def _inplace(self, name: str, compute: Callable[..., Tensor], *others: Any) -> Tensor:
+        """Change this tensor's data to ``compute(self, *others)``, with PyTorch's autograd rules.
+
+        Without a graph to record (grad mode off, or nothing involved requires grad) the data is
+        simply overwritten: that is how optimizers and hand-written SGD update leaves under
+        ``no_grad``. Otherwise a leaf that requires grad refuses (PyTorch's error), and a non-leaf
+        is *rebased*: the out-of-place op is recorded on a copy of the old value and this tensor
+        becomes its output, so backward sees the old value's graph plus the change.
+        """
+        record = is_grad_enabled() and (
+            self.requires_grad or any(isinstance(o, Tensor) and o.requires_grad for o in others)
+        )
+        if record and self.requires_grad and self.grad_fn is None:
+            raise RuntimeError(LEAF_INPLACE_ERROR)
+        if not record:
+            with no_grad():
+                result = compute(self, *others)
+            self._write(name, result.data)
+            return self
+        self._check_rebase(name)
+        old = Tensor._from_array(backend.xp_of(self.data).array(self.data, copy=True))
+        old.requires_grad, old.grad_fn, old._output_index = self.requires_grad, self.grad_fn, self._output_index
+        result = compute(old, *others)
+        if result.dtype != self.dtype:
+            self._write(name, result.data)  # raises on a cast across kinds
+            result = result.to(dtype=self.dtype)
+        self._write(name, result.data)
+        self.requires_grad, self.grad_fn, self._output_index = True, result.grad_fn, result._output_index
+        self._retains_grad = False
         return self
+
+    def _write(self, name: str, values: Any) -> None:
+        """Copy ``values`` into ``data`` (same shape; a cast only within the same kind) and bump the version."""
+        if tuple(values.shape) != self.shape:
+            raise RuntimeError(
+                f"{name}: the result has shape {tuple(values.shape)}, which does not match the tensor's shape "
+                f"{self.shape} (an in-place op cannot change the shape)"
+            )
+        if values.dtype != self.dtype and not np.can_cast(values.dtype, self.dtype, casting="same_kind"):
+            raise RuntimeError(f"{name}: result type {values.dtype} can't be cast to the desired output type {self.dtype}")
+        self.data[...] = values
+        self._vc.version += 1
+
+    def _check_rebase(self, name: str) -> None:
+        """Refuse a recorded in-place op that would leave a view's graph out of date (minires does not
+        regenerate views, as PyTorch's CopySlices does)."""
+        if self._base is not None:
+            if self._base.requires_grad and self._base.grad_fn is None:
+                raise RuntimeError(
+                    "a view of a leaf Variable that requires grad is being used in an in-place operation."
+                )
+            raise RuntimeError(
+                f"{name}: in-place change of a view (shape {self.shape}) of a tensor that takes part in autograd; "
+                "minires does not record it. Use an out-of-place op, or change a clone()."
+            )
+        live = [v for v in (ref() for ref in self._vc.views) if v is not None and v is not self]
+        if live:
+            raise RuntimeError(
+                f"{name}: in-place change of a tensor (shape {self.shape}) that has views taking part in autograd "
+                f"(e.g. one of shape {live[0].shape}); their graphs would be out of date. Use an out-of-place op."
+            )
+
+    def __iadd__(self, other: Any) -> Tensor:
+        return self._inplace("add_", _ops.add, other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self._inplace("sub_", _ops.sub, other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self._inplace("mul_", _ops.mul, other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self._inplace("div_", _ops.div, other)
+
+    def __ipow__(self, other: Any) -> Tensor:
+        return self._inplace("pow_", _ops.pow, other)
+
+    def add_(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self += alpha * other, in place."""
+        if alpha == 1:
+            return self._inplace("add_", _ops.add, other)
+        return self._inplace("add_", lambda s, o: _ops.add(s, _ops.mul(o, alpha)), other)
+
+    def sub_(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self -= alpha * other, in place."""
+        if alpha == 1:
+            return self._inplace("sub_", _ops.sub, other)
+        return self._inplace("sub_", lambda s, o: _ops.sub(s, _ops.mul(o, alpha)), other)
+
+    def mul_(self, other: Any) -> Tensor:
+        return self._inplace("mul_", _ops.mul, other)
+
+    def div_(self, other: Any) -> Tensor:
+        return self._inplace("div_", _ops.div, other)
+
+    def pow_(self, other: Any) -> Tensor:
+        return self._inplace("pow_", _ops.pow, other)
+
+    def neg_(self) -> Tensor:
+        return self._inplace("neg_", _ops.neg)
+
+    def exp_(self) -> Tensor:
+        return self._inplace("exp_", _ops.exp)
+
+    def sqrt_(self) -> Tensor:
+        return self._inplace("sqrt_", _ops.sqrt)
+
+    def addcmul_(self, tensor1: Any, tensor2: Any, *, value: Any = 1) -> Tensor:
+        """self += value * tensor1 * tensor2, in place (an Adam-style update)."""
+        return self._inplace("addcmul_", lambda s, a, b: _ops.add(s, _ops.mul(_ops.mul(a, b), value)), tensor1, tensor2)
+
+    def addcdiv_(self, tensor1: Any, tensor2: Any, *, value: Any = 1) -> Tensor:
+        """self += value * tensor1 / tensor2, in place."""
+        return self._inplace("addcdiv_", lambda s, a, b: _ops.add(s, _ops.mul(_ops.div(a, b), value)), tensor1, tensor2)
+
+    def lerp_(self, end: Any, weight: Any) -> Tensor:
+        """self += weight * (end - self), in place (an exponential moving average)."""
+        return self._inplace("lerp_", lambda s, e: _ops.add(s, _ops.mul(_ops.sub(e, s), weight)), end)
+
+    def clamp_(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
+        return self._inplace("clamp_", lambda s: _ops.clamp(s, min, max))
+
+    clip_ = clamp_
+
+    def relu_(self) -> Tensor:
+        return self._inplace("relu_", _ops.relu)
+
+    def zero_(self) -> Tensor:
+        """Fill with zeros in place."""
+        return self.fill_(0)
+
+    def fill_(self, value: Any) -> Tensor:
+        """Fill with ``value`` (a number or a one-element tensor) in place; the old values get no gradient."""
+        return self._inplace("fill_", lambda s, v: _ops.index_put(s, Ellipsis, v), value)
+
+    def copy_(self, src: Any) -> Tensor:
+        """Copy ``src`` (broadcast to this shape, cast to this dtype and device) into this tensor in place."""
+        src = src if isinstance(src, Tensor) else Tensor._from_array(np.asarray(src))
+
+        return self._inplace("copy_", lambda s, o: _ops.index_put(s, Ellipsis, o.to(s.device, s.dtype)), src)
 
     # ----- printing ---------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -349,12 +577,8 @@ class Tensor:
         return _ops.getitem(self, index)
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        if self.requires_grad and is_grad_enabled():
-            raise RuntimeError(
-                "setitem: in-place assignment into a tensor that requires grad would corrupt the graph; "
-                "do it under mr.no_grad() or build a new tensor (e.g. with mr.where)"
-            )
-        self.data[_ops.shape.raw_index(index)] = value.data if isinstance(value, Tensor) else value
+        """``x[index] = value`` in place, with the rules of the in-place ops (recorded on non-leaves)."""
+        self._inplace("setitem", lambda s, v: _ops.index_put(s, index, v), value)
 
     # ----- math methods -------------------------------------------------------------------------
     def exp(self) -> Tensor:
@@ -402,13 +626,29 @@ class Tensor:
         dim: Any = None,
         keepdim: bool = False,
         *,
-        unbiased: bool = True,
+        unbiased: bool | None = None,
+        correction: Any = None,
         axis: Any = None,
         keepdims: Any = None,
     ) -> Tensor:
-        """Variance; ``unbiased=True`` divides by n - 1 (PyTorch's default), False by n (numpy's)."""
+        """Variance dividing by n - correction: 1 by default (PyTorch's), ``correction=0`` (or
+        ``unbiased=False``) divides by n (numpy's)."""
         dim, keepdim = _dim_args("var", dim, keepdim, axis, keepdims)
-        return _ops.var(self, dim, keepdim, unbiased)
+        return _ops.var(self, dim, keepdim, unbiased, correction=correction)
+
+    def std(
+        self,
+        dim: Any = None,
+        keepdim: bool = False,
+        *,
+        unbiased: bool | None = None,
+        correction: Any = None,
+        axis: Any = None,
+        keepdims: Any = None,
+    ) -> Tensor:
+        """Standard deviation, sqrt(var) with the same arguments."""
+        dim, keepdim = _dim_args("std", dim, keepdim, axis, keepdims)
+        return _ops.std(self, dim, keepdim, unbiased, correction=correction)
 
     def max(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Any:
         """``max()`` -> the largest value; ``max(dim)`` -> (values, indices) as PyTorch."""
@@ -461,6 +701,24 @@ class Tensor:
 
     def expand(self, *shape: Any) -> Tensor:
         return _ops.expand(self, *shape)
+
+    def flip(self, *dims: Any) -> Tensor:
+        return _ops.flip(self, dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)
+
+    def gather(self, dim: int, index: Any) -> Tensor:
+        return _ops.gather(self, dim, index)
+
+    def scatter_add(self, dim: int, index: Any, src: Any) -> Tensor:
+        return _ops.scatter_add(self, dim, index, src)
+
+    def isfinite(self) -> Tensor:
+        return _ops.isfinite(self)
+
+    def isnan(self) -> Tensor:
+        return _ops.isnan(self)
+
+    def pow(self, exponent: Any) -> Tensor:
+        return _ops.pow(self, exponent)
 
 
 from minires import ops as _ops  # noqa: E402  (ops import Tensor; the methods above call them)

@@ -44,13 +44,41 @@ def _accumulate(current: Any, grad: Any) -> Any:
 
 
 def _run_hooks(hooks: list[Any], grad: Any) -> Any:
-    from minires.tensor import Tensor
+    """Call each hook on the gradient; a returned Tensor replaces it, and must match it in shape,
+    dtype and device (checked here, so the error names the hook rather than a later op)."""
+    from minires.tensor import Tensor, _check_same_meta
 
     for hook in hooks:
         result = hook(Tensor._from_array(grad))
-        if result is not None:
-            grad = result.data if isinstance(result, Tensor) else result
+        if result is None:
+            continue
+        if not isinstance(result, Tensor):
+            raise TypeError(f"hook {_hook_name(hook)} returned {type(result).__name__}; expected a Tensor or None")
+        _check_same_meta(f"hook {_hook_name(hook)} returned a gradient that", result.data, Tensor._from_array(grad))
+        grad = result.data
     return grad
+
+
+def _hook_name(hook: Any) -> str:
+    return getattr(hook, "__qualname__", None) or repr(hook)
+
+
+def _unwrap_grads(node: Node, grads: Any) -> tuple[Any, ...]:
+    """backward's return value as a tuple of arrays (a Tensor returned by a custom backward is unwrapped)."""
+    from minires.tensor import Tensor
+
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    out = []
+    for g in grads:
+        if isinstance(g, Tensor):
+            g = g.data
+        elif g is not None and not hasattr(g, "shape"):
+            raise TypeError(
+                f"{node.name}.backward returned a {type(g).__name__}; expected an array or Tensor per input (or None)"
+            )
+        out.append(g)
+    return tuple(out)
 
 
 def _check_grad(node: Node, index: int, grad: Any) -> Any:
@@ -96,9 +124,7 @@ def run_backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
                     owner = node.retained[i]()
                     if owner is not None:
                         owner._accumulate_grad(out_grads[i])
-            in_grads = node.function.backward(node.ctx, *out_grads)
-            if not isinstance(in_grads, tuple):
-                in_grads = (in_grads,)
+            in_grads = _unwrap_grads(node, node.function.backward(node.ctx, *out_grads))
             if len(in_grads) != len(node.edges):
                 raise RuntimeError(
                     f"{node.name}.backward returned {len(in_grads)} gradients, expected "

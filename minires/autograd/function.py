@@ -36,12 +36,19 @@ if TYPE_CHECKING:
 
 
 class Context:
-    """What forward hands to backward: saved arrays, flags, and any attribute the op sets."""
+    """What forward hands to backward: saved arrays, flags, and any attribute the op sets.
+
+    Saved arrays that are the data of one of the op's input or output Tensors (or a view of it)
+    are checked against that Tensor's version counter when backward reads ``saved_tensors``: an
+    in-place change in between raises instead of giving a silently wrong gradient, as PyTorch.
+    """
 
     def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
         self.needs_input_grad = needs_input_grad
         self._saved: tuple[Any, ...] = ()
         self._non_differentiable: set[int] = set()
+        self._saved_versions: tuple[tuple[int, Any, int], ...] = ()  # (saved index, counter, version)
+        self._op_name = ""
 
     def save_for_backward(self, *arrays: Any) -> None:
         """Keep arrays for backward; they are freed once backward has run (unless retain_graph)."""
@@ -49,6 +56,17 @@ class Context:
 
     @property
     def saved_tensors(self) -> tuple[Any, ...]:
+        """The saved arrays; raises if a tensor whose data was saved has been changed in place since."""
+        for index, counter, expected in self._saved_versions:
+            if counter.version != expected:
+                saved = self._saved[index]
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an "
+                    f"inplace operation: [{self._op_name}, {saved.dtype} {tuple(saved.shape)}] is at version "
+                    f"{counter.version}; expected version {expected} instead. Hint: the tensor was changed "
+                    "in place (+=, add_, x[i] = ..., an optimizer step) after the op saved it for backward; "
+                    "change a clone() instead, or do the change after backward."
+                )
         return self._saved
 
     def mark_non_differentiable(self, *output_indices: int) -> None:
@@ -101,8 +119,41 @@ def _check_devices(name: str, tensors: list[Tensor]) -> None:
         )
 
 
+def _owner(array: Any) -> Any:
+    """The array that owns ``array``'s memory (numpy and cupy collapse view chains to it)."""
+    base = getattr(array, "base", None)
+    return array if base is None else base
+
+
+def _record_saved_versions(ctx: Context, args: tuple[Any, ...], results: list[Tensor]) -> None:
+    """Remember the version of each input/output Tensor whose data (or a view of it) ctx saved."""
+    from minires.tensor import Tensor
+
+    owners = {}
+    for t in (*(a for a in args if isinstance(a, Tensor)), *results):
+        owners.setdefault(id(t.data), t._vc)
+        owners.setdefault(id(_owner(t.data)), t._vc)
+    found = []
+    for i, saved in enumerate(ctx._saved):
+        counter = owners.get(id(saved)) or owners.get(id(_owner(saved)))
+        if counter is not None:
+            found.append((i, counter, counter.version))
+    ctx._saved_versions = tuple(found)
+
+
+def _shares_memory(a: Any, b: Any) -> bool:
+    return a is b or _owner(a) is _owner(b)
+
+
 class Function:
-    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``."""
+    """Base class for differentiable ops. Subclass it and call ``YourOp.apply(*args)``.
+
+    A Function whose output is a view of its first argument (reshape, permute, basic indexing) sets
+    ``returns_view = True``: when the output really shares memory with the input, both share one
+    version counter (an in-place change through either is seen by ops that saved the other).
+    """
+
+    returns_view = False
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
@@ -129,6 +180,8 @@ class Function:
         # numpy reductions of a whole array return scalars (np.float64), not 0-d arrays; keep
         # Tensor.data an array so in-place updates (x.data[...] = 0, grad.zero_()) always work.
         results = [Tensor._from_array(np.asarray(o) if isinstance(o, np.generic) else o) for o in outputs]
+        if cls.returns_view and _shares_memory(results[0].data, args[0].data):
+            results[0]._make_view_of(args[0])
         if record:
             edges: list[Any] = []
             for a, need in zip(args, needs):
@@ -139,6 +192,9 @@ class Function:
                 else:
                     edges.append((a.grad_fn, a._output_index))
             meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
+            if ctx._saved:
+                ctx._op_name = cls.__name__
+                _record_saved_versions(ctx, args, results)
             node = Node(cls, ctx, edges, meta)
             node.output_meta = [(r.shape, r.dtype) for r in results]
             for i, r in enumerate(results):

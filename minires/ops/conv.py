@@ -182,7 +182,7 @@ def _col2im(
                 r, q = i * dh, j * dw
                 chunk[:, r : r + sh * (oh - 1) + 1 : sh, q : q + sw * (ow - 1) + 1 : sw] += blocks[a:b, :, :, i, j]
 
-    _over_batch(xp, n, out[0].nbytes, work)
+    _over_batch(xp, n, out.nbytes // max(n, 1), work)  # n may be 0 (an empty batch)
     return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
 
 
@@ -363,6 +363,8 @@ def conv2d(
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
     o, cg, kh, kw = weight.shape
+    if kh < 1 or kw < 1:
+        raise ValueError(f"conv2d: kernel size must be at least 1x1, got {kh}x{kw} (weight shape {tuple(weight.shape)})")
     c = x.shape[1]
     if c % groups:
         raise ValueError(f"conv2d: groups={groups} does not divide the input's {c} channels (input shape {tuple(x.shape)})")

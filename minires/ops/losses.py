@@ -121,8 +121,8 @@ def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
         return _with_class_axis(g, ndim)
     if reduction == "sum":
         return g
-    with quiet(xp):
-        return g / denom
+    with quiet(xp):  # every target ignored (denom 0): the loss is nan, the gradient zero, as PyTorch
+        return xp.where(denom == 0, 0, g / denom).astype(g.dtype, copy=False)
 
 
 class NLLLoss(Function):
