@@ -25,17 +25,22 @@ def _dim_args(name: str, dim: Any, keepdim: bool, axis: Any, keepdims: Any) -> t
     return dim, bool(keepdim)
 
 
-def _is_dtype_spec(value: Any) -> bool:
-    """True for what ``to`` reads as a dtype: a numpy dtype, a scalar type, or a dtype name like "float64"."""
+_DTYPE_NAMES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32", "bool": "bool"}
+
+
+def _as_dtype(value: Any) -> np.dtype | None:
+    """``value`` as a dtype when ``to`` should read it as one: a numpy dtype or scalar type, or a name
+    ("float64", "torch.float32", PyTorch's aliases "float", "double", "half", "long", "int", "bool");
+    None for anything else (a device)."""
     if isinstance(value, (np.dtype, type)):
-        return True
+        return np.dtype(value)
     if isinstance(value, str) and value.split(":")[0].lower() not in ("cpu", "cuda"):
+        name = value.removeprefix("torch.")
         try:
-            np.dtype(value)
+            return np.dtype(_DTYPE_NAMES.get(name, name))
         except TypeError:
-            return False
-        return True
-    return False
+            return None
+    return None
 
 
 def _check_same_meta(what: str, array: Any, tensor: Tensor) -> None:
@@ -208,13 +213,21 @@ class Tensor:
         return self.numpy().tolist()
 
     def to(self, device: Any = None, dtype: Any = None) -> Tensor:
-        """A copy on another device and/or with another dtype (differentiable); self if nothing changes."""
+        """A copy on another device and/or with another dtype (differentiable); self if nothing changes.
+
+        ``t.to("cuda")``, ``t.to(mr.float64)``, ``t.to("float64")``, ``t.to("cpu", mr.float16)``,
+        ``t.to(other)`` (other's device and dtype)."""
         from minires.ops.shape import to_device_dtype
 
         if isinstance(device, Tensor):  # t.to(other): other's device and dtype, as PyTorch
             device, dtype = device.device, device.dtype
-        elif dtype is None and _is_dtype_spec(device):
-            device, dtype = None, device
+        elif dtype is None and _as_dtype(device) is not None:
+            device, dtype = None, _as_dtype(device)
+        elif isinstance(dtype, str):
+            parsed = _as_dtype(dtype)
+            if parsed is None:
+                raise TypeError(f"to: {dtype!r} is not a dtype (use e.g. mr.float64 or 'float64')")
+            dtype = parsed
         return to_device_dtype(self, device, dtype)
 
     def cpu(self) -> Tensor:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from minires.autograd.grad_mode import is_grad_enabled
+from minires.backend import xp_of
 
 if TYPE_CHECKING:
     from minires.tensor import Tensor
@@ -142,7 +143,11 @@ def _record_saved_versions(ctx: Context, args: tuple[Any, ...], results: list[Te
 
 
 def _shares_memory(a: Any, b: Any) -> bool:
-    return a is b or _owner(a) is _owner(b)
+    """Whether a view op's output really is a view (reshape may have had to copy)."""
+    if a is b:
+        return True
+    may_share = getattr(xp_of(a), "may_share_memory", None)  # numpy's and cupy's: a cheap bounds check
+    return bool(may_share(a, b)) if may_share is not None else _owner(a) is _owner(b)
 
 
 class Function:
