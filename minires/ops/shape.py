@@ -67,6 +67,10 @@ class GetItem(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, index: Any) -> Any:
         ctx.meta = (x.shape, x.dtype, index)
+        if _is_basic_index(index):
+            parts = index if isinstance(index, tuple) else (index,)
+            if Ellipsis not in parts:  # x[0] of a 1-d array: a 0-d view (as PyTorch's), not a numpy scalar copy
+                return x[(*parts, Ellipsis)]
         return x[index]
 
     @staticmethod
