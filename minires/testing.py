@@ -194,10 +194,14 @@ def basic_indices(shape: tuple[int, ...], allow_newaxis: bool = False, allow_ell
     return hnp.basic_indices(shape, allow_newaxis=allow_newaxis, allow_ellipsis=allow_ellipsis)
 
 
-def integer_array_indices(shape: tuple[int, ...], result_shape: st.SearchStrategy[tuple[int, ...]] | None = None) -> st.SearchStrategy[Any]:
+def integer_array_indices(
+    shape: tuple[int, ...], result_shape: st.SearchStrategy[tuple[int, ...]] | None = None
+) -> st.SearchStrategy[Any]:
     """Integer-array ("advanced") indices for ``shape``: a tuple of int64 arrays, one per leading dim,
     all in range (negatives included), repeats allowed (the gradient must accumulate them)."""
-    return hnp.integer_array_indices(shape, result_shape=shapes(min_dims=1, max_dims=2, max_side=4) if result_shape is None else result_shape)
+    if result_shape is None:
+        result_shape = shapes(min_dims=1, max_dims=2, max_side=4)
+    return hnp.integer_array_indices(shape, result_shape=result_shape)
 
 
 @st.composite
