@@ -649,19 +649,9 @@ class Tensor:
         dim, keepdim = _dim_args("var", dim, keepdim, axis, keepdims)
         return _ops.var(self, dim, keepdim, unbiased, correction=correction)
 
-    def std(
-        self,
-        dim: Any = None,
-        keepdim: bool = False,
-        *,
-        unbiased: bool | None = None,
-        correction: Any = None,
-        axis: Any = None,
-        keepdims: Any = None,
-    ) -> Tensor:
-        """Standard deviation, sqrt(var) with the same arguments."""
-        dim, keepdim = _dim_args("std", dim, keepdim, axis, keepdims)
-        return _ops.std(self, dim, keepdim, unbiased, correction=correction)
+    def std(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Standard deviation: sqrt of :meth:`var`, with the same arguments."""
+        return self.var(*args, **kwargs).sqrt()
 
     def max(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Any:
         """``max()`` -> the largest value; ``max(dim)`` -> (values, indices) as PyTorch."""

@@ -126,19 +126,18 @@ def _owner(array: Any) -> Any:
     return array if base is None else base
 
 
-def _record_saved_versions(ctx: Context, args: tuple[Any, ...], results: list[Tensor]) -> None:
+def _record_saved_versions(ctx: Context, tensors: list[Tensor]) -> None:
     """Remember the version of each input/output Tensor whose data (or a view of it) ctx saved."""
-    from minires.tensor import Tensor
-
-    owners = {}
-    for t in (*(a for a in args if isinstance(a, Tensor)), *results):
-        owners.setdefault(id(t.data), t._vc)
-        owners.setdefault(id(_owner(t.data)), t._vc)
     found = []
     for i, saved in enumerate(ctx._saved):
-        counter = owners.get(id(saved)) or owners.get(id(_owner(saved)))
-        if counter is not None:
-            found.append((i, counter, counter.version))
+        if saved is None:
+            continue
+        owner = _owner(saved)
+        for t in tensors:
+            data = t.data
+            if saved is data or owner is data or (owner is not saved and owner is _owner(data)):
+                found.append((i, t._vc, t._vc.version))
+                break
     ctx._saved_versions = tuple(found)
 
 
@@ -146,6 +145,8 @@ def _shares_memory(a: Any, b: Any) -> bool:
     """Whether a view op's output really is a view (reshape may have had to copy)."""
     if a is b:
         return True
+    if type(a) is np.ndarray:
+        return bool(np.may_share_memory(a, b))
     may_share = getattr(xp_of(a), "may_share_memory", None)  # numpy's and cupy's: a cheap bounds check
     return bool(may_share(a, b)) if may_share is not None else _owner(a) is _owner(b)
 
@@ -199,7 +200,7 @@ class Function:
             meta = [(a.shape, a.dtype) if isinstance(a, Tensor) else None for a in args]
             if ctx._saved:
                 ctx._op_name = cls.__name__
-                _record_saved_versions(ctx, args, results)
+                _record_saved_versions(ctx, tensors + results)
             node = Node(cls, ctx, edges, meta)
             node.output_meta = [(r.shape, r.dtype) for r in results]
             for i, r in enumerate(results):

@@ -49,12 +49,16 @@ class _HookCall:
         return tuple(None if g is None else (g.data if isinstance(g, Tensor) else g) for g in wrap)
 
 
-class _InputsIdentity(Function):
+class _Identity(Function):
+    """Passes its tensors through unchanged; the subclasses' backward is where the hooks act."""
+
     @staticmethod
     def forward(ctx: Context, call: _HookCall, *xs: Any) -> Any:
         ctx.call = call
         return tuple(xs)
 
+
+class _InputsIdentity(_Identity):
     @staticmethod
     def backward(ctx: Context, *grads: Any) -> tuple[Any, ...]:
         call: _HookCall = ctx.call
@@ -64,12 +68,7 @@ class _InputsIdentity(Function):
         return (None, *(g for g, wrapped in zip(replaced, call.input_slots) if wrapped))
 
 
-class _OutputsIdentity(Function):
-    @staticmethod
-    def forward(ctx: Context, call: _HookCall, *ys: Any) -> Any:
-        ctx.call = call
-        return tuple(ys)
-
+class _OutputsIdentity(_Identity):
     @staticmethod
     def backward(ctx: Context, *grads: Any) -> tuple[Any, ...]:
         call: _HookCall = ctx.call
