@@ -35,6 +35,7 @@ from minires.ops import (
     cat,
     clamp,
     clip,
+    clone,
     exp,
     expand,
     flatten,
@@ -84,7 +85,7 @@ half, float, double, long = float16, float32, float64, int64  # noqa: A001 - PyT
 __version__ = "0.1.0"
 
 __all__ = [
-    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "bool_", "cat", "clamp", "clip",
+    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "bool_", "cat", "clamp", "clip", "clone",
     "Context", "cuda", "double", "enable_grad", "exp", "expand", "eye", "flatten", "flip", "float",
     "float16", "float32", "float64", "full", "full_like", "Function", "gather", "get_rng_state",
     "gradcheck", "GradcheckError", "half", "inference_mode", "int32", "int64", "is_grad_enabled",

@@ -385,7 +385,10 @@ class Tensor:
             )
         if values.dtype != self.dtype and not np.can_cast(values.dtype, self.dtype, casting="same_kind"):
             raise RuntimeError(f"{name}: result type {values.dtype} can't be cast to the desired output type {self.dtype}")
-        self.data[...] = values
+        try:
+            self.data[...] = values
+        except ValueError as exc:  # e.g. the read-only broadcast view expand() makes
+            raise RuntimeError(f"{name}: cannot write into this tensor's data ({exc}); clone() it first") from None
         self._vc.version += 1
 
     def _check_rebase(self, name: str) -> None:

@@ -146,6 +146,12 @@ def test_in_place_cannot_broadcast_the_tensor_itself(device):
         t += mr.ones(2, 3, device=device)
 
 
+def test_in_place_on_an_expanded_tensor_is_a_clear_error(device):
+    t = mr.zeros(1, device=device).expand(3)
+    with pytest.raises(RuntimeError, match="add_: cannot write into this tensor's data"):
+        t.add_(1)
+
+
 def test_in_place_on_a_base_with_live_views_in_the_graph_raises(device):
     x = leaf([1.0, 2.0], device)
     y = x * 1
