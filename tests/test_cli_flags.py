@@ -61,6 +61,14 @@ def one_epoch_run(tmp_path_factory):
     return out
 
 
+def test_data_dir_when_resuming_a_digits_run_is_refused(one_epoch_run, tmp_path, capsys):
+    run = shutil.copytree(one_epoch_run, tmp_path / "run")
+    with pytest.raises(SystemExit) as exc:
+        main(["--resume", str(run / "checkpoint.npz"), "--epochs", "2", "--data-dir", str(tmp_path), "--no-progress"])
+    assert exc.value.code == 2
+    assert "argument --data-dir:" in capsys.readouterr().err
+
+
 def test_resume_past_epochs_says_nothing_was_trained(one_epoch_run, tmp_path, capsys):
     run = shutil.copytree(one_epoch_run, tmp_path / "run")
     capsys.readouterr()

@@ -96,9 +96,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.data_dir and args.dataset == "digits" and not args.resume:
-        parser.error("argument --data-dir: the digits data set ships with scikit-learn and reads no folder; "
-                     "--data-dir is for --dataset cifar10 / cifar100")
     if args.eval_only:
         if not args.resume:
             print("minires-train: --eval-only needs --resume CHECKPOINT", file=sys.stderr)
@@ -120,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.out is not None and os.path.exists(os.path.join(args.out, CHECKPOINT)):
             raise ValueError(f"--out {args.out} already holds a run ({CHECKPOINT}); continue it with --resume "
                              f"{os.path.join(args.out, CHECKPOINT)}, or choose another --out (or delete that folder)")
+        if settings.get("data_dir") and settings.get("dataset", "digits") == "digits":
+            parser.error("argument --data-dir: the digits data set ships with scikit-learn and reads no folder; "
+                         "--data-dir is for --dataset cifar10 / cifar100")
         config = TrainConfig(**settings)
         trainer = Trainer(config)
         if args.resume:
