@@ -4,7 +4,9 @@ A Function subclass gives ``forward(ctx, *args)`` and ``backward(ctx, *grad_outp
 (numpy or cupy). ``Op.apply(*args)`` unwraps Tensors, runs forward, and, when a gradient is needed,
 records a :class:`Node` in the graph so :func:`minires.autograd.engine.run_backward` can call
 ``backward`` later. ``backward`` returns one gradient per positional argument of ``forward``
-(``None`` for arguments that are not tensors or need no gradient).
+(``None`` for arguments that are not tensors or need no gradient), as arrays (a Tensor is unwrapped).
+Arrays saved with ``ctx.save_for_backward`` that belong to an input or output Tensor are checked
+against its version counter when backward reads them (see :class:`Context`).
 
 Example (the whole of a user-written op)::
 
