@@ -340,3 +340,89 @@ def test_assigning_a_wrong_grad_raises_at_assignment(device):
         w.grad = np.zeros(2)
     w.grad = mr.ones(2, dtype=mr.float64, device=device)
     w.grad = None
+
+
+# ----- the same scenarios in PyTorch (an extra oracle when torch is installed) -----------------------------
+def _scenario_leaf_iadd(lib, f64):
+    w = lib.tensor([1.0, 2.0], dtype=f64, requires_grad=True)
+    w += 1
+
+
+def _scenario_saved_output_changed(lib, f64):
+    x = lib.tensor([0.1, 0.2], dtype=f64, requires_grad=True)
+    y = x.exp()
+    with lib.no_grad():
+        y[0] = 5.0
+    y.sum().backward()
+    return x.grad.numpy()
+
+
+def _scenario_saved_input_changed(lib, f64):
+    a = lib.tensor([1.0, 2.0], dtype=f64, requires_grad=True)
+    b = lib.tensor([3.0, 4.0], dtype=f64)
+    y = a * b
+    b.add_(1)
+    y.sum().backward()
+    return a.grad.numpy()
+
+
+def _scenario_unsaved_input_changed(lib, f64):
+    a = lib.tensor([1.0, 2.0], dtype=f64, requires_grad=True)
+    b = lib.tensor([3.0, 4.0], dtype=f64)
+    y = a + b
+    b.add_(1)
+    (y * y).sum().backward()
+    return a.grad.numpy()
+
+
+def _scenario_non_leaf_chain(lib, f64):
+    x = lib.tensor([1.5, -2.0, 0.5], dtype=f64, requires_grad=True)
+    y = x * 2
+    y *= x
+    y.sub_(x)
+    y /= x
+    y.clamp_(-10.0, 2.5)
+    y.sum().backward()
+    return np.concatenate([x.grad.numpy(), y.detach().numpy()])
+
+
+def _scenario_setitem(lib, f64):
+    x = lib.tensor([1.0, 2.0, 3.0], dtype=f64, requires_grad=True)
+    y = x * 1
+    y[1] = x[0] * 3
+    y[2] = 7.0
+    (y * y).sum().backward()
+    return x.grad.numpy()
+
+
+def _scenario_sgd_under_no_grad(lib, f64):
+    w = lib.tensor([1.0, -1.0], dtype=f64, requires_grad=True)
+    for _ in range(3):
+        (w * w * w).sum().backward()
+        with lib.no_grad():
+            w -= 0.1 * w.grad
+            w.grad.zero_()
+    return np.concatenate([w.detach().numpy(), [float(w.requires_grad), float(w.is_leaf)]])
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [_scenario_leaf_iadd, _scenario_saved_output_changed, _scenario_saved_input_changed,
+     _scenario_unsaved_input_changed, _scenario_non_leaf_chain, _scenario_setitem, _scenario_sgd_under_no_grad],
+)
+def test_in_place_scenarios_match_pytorch(scenario):
+    torch = pytest.importorskip("torch")
+
+    def outcome(lib, f64):
+        try:
+            return "ok", scenario(lib, f64)
+        except RuntimeError as exc:
+            return "raises", str(exc).split(":")[0] if "inplace operation" in str(exc) else str(exc)
+
+    ours, theirs = outcome(mr, mr.float64), outcome(torch, torch.float64)
+    assert ours[0] == theirs[0], (ours, theirs)
+    if ours[0] == "ok":
+        if ours[1] is not None or theirs[1] is not None:
+            np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-12)
+    else:
+        assert ours[1] == theirs[1]
