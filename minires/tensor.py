@@ -594,7 +594,12 @@ class Tensor:
 
     def __setitem__(self, index: Any, value: Any) -> None:
         """``x[index] = value`` in place, with the rules of the in-place ops (recorded on non-leaves)."""
-        self._inplace("setitem", lambda s, v: _ops.index_put(s, index, v), value)
+        if is_grad_enabled() and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+            self._inplace("setitem", lambda s, v: _ops.index_put(s, index, v), value)
+            return
+        # nothing to record: write straight into the array (no copy of the whole tensor per assignment)
+        self.data[_ops.shape.raw_index(index)] = value.data if isinstance(value, Tensor) else value
+        self._vc.version += 1
 
     # ----- math methods -------------------------------------------------------------------------
     def exp(self) -> Tensor:
