@@ -12,6 +12,12 @@ rejected input. A complete property test::
         t = mr.tensor(x, requires_grad=True)          # float64 data
         assert mr.gradcheck(mr.relu, [t])
 
+What there is: shapes (:func:`shapes`, :func:`broadcastable_shapes` with ``.result_shape``), arrays
+(:func:`float_arrays`, :func:`arrays_away_from` kinks, :func:`arrays_without_ties`; ``dtype`` may be a
+strategy), Tensors (:func:`tensors`), arguments (:func:`valid_dims`, :func:`basic_indices`,
+:func:`integer_array_indices`, :func:`class_targets`) and whole conv/pool calls (:func:`conv_configs`,
+:func:`pool_configs`, whose ``.kwargs`` go straight into ``F.conv2d`` / ``F.max_pool2d``).
+
 Requires the ``hypothesis`` package (the ``test`` extra).
 """
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minires as mr
 import minires.nn as nn
 import minires.optim as optim
+from minires.testing import float_arrays, shapes
 
 STALE = "modified by an inplace operation"
+FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def leaf(values, device: str = "cpu") -> mr.Tensor:
@@ -426,3 +430,34 @@ def test_in_place_scenarios_match_pytorch(scenario):
             np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-12)
     else:
         assert ours[1] == theirs[1]
+
+
+# ----- property: a recorded in-place op has the out-of-place op's value and gradients ----------------------
+_PAIRS = {
+    "add_": (lambda y, c: y.add_(c), lambda y, c: y + c),
+    "sub_": (lambda y, c: y.sub_(c, alpha=2.0), lambda y, c: y - 2.0 * c),
+    "mul_": (lambda y, c: y.mul_(c), lambda y, c: y * c),
+    "div_": (lambda y, c: y.div_(c), lambda y, c: y / c),
+    "addcmul_": (lambda y, c: y.addcmul_(c, c, value=0.5), lambda y, c: y + 0.5 * c * c),
+    "lerp_": (lambda y, c: y.lerp_(c, 0.25), lambda y, c: y + 0.25 * (c - y)),
+    "copy_": (lambda y, c: y.copy_(c), lambda y, c: c * 1),
+}
+
+
+@FIXTURE_OK
+@given(data=st.data(), name=st.sampled_from(sorted(_PAIRS)))
+def test_recorded_in_place_equals_out_of_place(device, data, name):
+    shape = data.draw(shapes(min_dims=1, max_dims=2, max_side=3))
+    x_values = data.draw(float_arrays(shape, low=0.5, high=2.0))
+    c_values = data.draw(float_arrays(shape, low=0.5, high=2.0))
+    in_place, out_of_place = _PAIRS[name]
+
+    def through(op):
+        x, c = leaf(x_values, device), leaf(c_values, device)
+        y = op(x.exp(), c)  # x.exp() saves its output: the in-place op must not disturb it
+        (y * y).sum().backward()
+        grads = [np.zeros(shape) if t.grad is None else t.grad.numpy() for t in (x, c)]  # copy_: x gets none
+        return (y.numpy(), *grads)
+
+    for a, b in zip(through(lambda y, c: in_place(y * 1, c)), through(out_of_place)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
