@@ -104,3 +104,14 @@ def test_ctrl_c_in_eval_exits_cleanly(one_epoch_run, capsys, monkeypatch):
     monkeypatch.setattr(cli, "evaluate", interrupted)
     assert eval_main(["--checkpoint", str(one_epoch_run / "checkpoint.npz")]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_eval_on_a_state_dict_file_says_what_the_file_is(tmp_path, capsys):
+    import minires as mr
+    import minires.nn as nn
+
+    path = tmp_path / "weights.npz"
+    mr.save(nn.Linear(2, 3).state_dict(), path)
+    assert eval_main(["--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds 2 plain arrays such as 'weight'" in err and "mr.load(path)" in err
