@@ -9,7 +9,8 @@ import numpy as np
 
 from minires import backend
 from minires.autograd.engine import run_backward
-from minires.autograd.grad_mode import is_grad_enabled, no_grad
+from minires.autograd.grad_mode import is_grad_enabled
+from minires.autograd.inplace import apply_inplace
 
 DEFAULT_FLOAT = np.dtype(np.float32)
 
@@ -81,9 +82,6 @@ class _VersionCounter:
     def __init__(self) -> None:
         self.version = 0
         self.views: list[Any] = []
-
-
-LEAF_INPLACE_ERROR = "a leaf Variable that requires grad is being used in an in-place operation."
 
 
 class Tensor:
@@ -344,71 +342,10 @@ class Tensor:
             grad = grad.astype(self.dtype, copy=False)
         run_backward(self, grad, retain_graph=retain_graph)
 
-    # ----- in-place ops (PyTorch's rules; see _inplace) ----------------------------------------
+    # ----- in-place ops (PyTorch's rules: minires/autograd/inplace.py) ------------------------
     def _inplace(self, name: str, compute: Callable[..., Tensor], *others: Any) -> Tensor:
-        """Change this tensor's data to ``compute(self, *others)``, with PyTorch's autograd rules.
-
-        Without a graph to record (grad mode off, or nothing involved requires grad) the data is
-        simply overwritten: that is how optimizers and hand-written SGD update leaves under
-        ``no_grad``. Otherwise a leaf that requires grad refuses (PyTorch's error), and a non-leaf
-        is *rebased*: the out-of-place op is recorded on a copy of the old value and this tensor
-        becomes its output, so backward sees the old value's graph plus the change.
-        """
-        record = is_grad_enabled() and (
-            self.requires_grad or any(isinstance(o, Tensor) and o.requires_grad for o in others)
-        )
-        if record and self.requires_grad and self.grad_fn is None:
-            raise RuntimeError(LEAF_INPLACE_ERROR)
-        if not record:
-            with no_grad():
-                result = compute(self, *others)
-            self._write(name, result.data)
-            return self
-        self._check_rebase(name)
-        old = Tensor._from_array(backend.xp_of(self.data).array(self.data, copy=True))
-        old.requires_grad, old.grad_fn, old._output_index = self.requires_grad, self.grad_fn, self._output_index
-        result = compute(old, *others)
-        if result.dtype != self.dtype:
-            self._write(name, result.data)  # raises on a cast across kinds
-            result = result.to(dtype=self.dtype)
-        self._write(name, result.data)
-        self.requires_grad, self.grad_fn, self._output_index = True, result.grad_fn, result._output_index
-        self._retains_grad = False
-        return self
-
-    def _write(self, name: str, values: Any) -> None:
-        """Copy ``values`` into ``data`` (same shape; a cast only within the same kind) and bump the version."""
-        if tuple(values.shape) != self.shape:
-            raise RuntimeError(
-                f"{name}: the result has shape {tuple(values.shape)}, which does not match the tensor's shape "
-                f"{self.shape} (an in-place op cannot change the shape)"
-            )
-        if values.dtype != self.dtype and not np.can_cast(values.dtype, self.dtype, casting="same_kind"):
-            raise RuntimeError(f"{name}: result type {values.dtype} can't be cast to the desired output type {self.dtype}")
-        try:
-            self.data[...] = values
-        except ValueError as exc:  # e.g. the read-only broadcast view expand() makes
-            raise RuntimeError(f"{name}: cannot write into this tensor's data ({exc}); clone() it first") from None
-        self._vc.version += 1
-
-    def _check_rebase(self, name: str) -> None:
-        """Refuse a recorded in-place op that would leave a view's graph out of date (minires does not
-        regenerate views, as PyTorch's CopySlices does)."""
-        if self._base is not None:
-            if self._base.requires_grad and self._base.grad_fn is None:
-                raise RuntimeError(
-                    "a view of a leaf Variable that requires grad is being used in an in-place operation."
-                )
-            raise RuntimeError(
-                f"{name}: in-place change of a view (shape {self.shape}) of a tensor that takes part in autograd; "
-                "minires does not record it. Use an out-of-place op, or change a clone()."
-            )
-        live = [v for v in (ref() for ref in self._vc.views) if v is not None and v is not self]
-        if live:
-            raise RuntimeError(
-                f"{name}: in-place change of a tensor (shape {self.shape}) that has views taking part in autograd "
-                f"(e.g. one of shape {live[0].shape}); their graphs would be out of date. Use an out-of-place op."
-            )
+        """Change this tensor's data to ``compute(self, *others)`` in place (see :func:`apply_inplace`)."""
+        return apply_inplace(self, name, compute, *others)
 
     def __iadd__(self, other: Any) -> Tensor:
         return self._inplace("add_", _ops.add, other)
