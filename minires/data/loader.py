@@ -70,6 +70,9 @@ class DataLoader:
     - ``shuffle``: a new permutation each epoch, from ``(seed, epoch)``; ``seed=None`` draws one seed from
       minires' global generator at construction (so ``mr.manual_seed`` makes runs repeatable).
     - ``drop_last``: drop the final short batch; ``len(loader)`` is the number of batches either way.
+    - ``sampler``: where the order comes from instead of ``shuffle`` (e.g. a
+      :class:`minires.distributed.DistributedSampler`, which gets ``set_epoch`` each epoch; a sampler
+      with a ``rank`` also gets its own augmentation randomness per rank).
     - ``device``: where batches are delivered ("cpu" or "cuda"); each batch is moved once.
     - ``transform``: a batch transform ``f(array (B, C, H, W)) -> array`` run on the batch's device on
       the raw array; :mod:`minires.data.transforms` objects get the epoch's generator as ``rng``.
@@ -90,11 +93,15 @@ class DataLoader:
         device: Any = "cpu",
         transform: Callable[..., Any] | None = None,
         prefetch: int = 2,
+        sampler: Any = None,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         if int(prefetch) < 0:
             raise ValueError(f"DataLoader: prefetch must be >= 0, got {prefetch}")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler and shuffle=True are mutually exclusive (the sampler decides the order)")
+        self.sampler = sampler
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -121,21 +128,32 @@ class DataLoader:
 
     # ----- batching ---------------------------------------------------------------------------
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _epoch_generators(self, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
-        order_seq, augment_seq = np.random.SeedSequence([self.seed, epoch]).spawn(2)
+        rank = getattr(self.sampler, "rank", None)  # each rank of a distributed run augments differently
+        order_seq, augment_seq = np.random.SeedSequence([self.seed, epoch] + ([] if rank is None else [rank])).spawn(2)
         return np.random.default_rng(order_seq), np.random.default_rng(augment_seq)
 
     def batch_indices(self, epoch: int | None = None) -> list[np.ndarray]:
         """The sample indices of each batch of epoch ``epoch`` (default: the next one), without loading."""
-        order_rng, _ = self._epoch_generators(self.epoch if epoch is None else int(epoch))
-        return self._split(order_rng)
+        epoch = self.epoch if epoch is None else int(epoch)
+        order_rng, _ = self._epoch_generators(epoch)
+        return self._split(order_rng, epoch)
 
-    def _split(self, order_rng: np.random.Generator) -> list[np.ndarray]:
+    def _order(self, order_rng: np.random.Generator, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s sample order: the sampler's, a permutation, or 0..n-1."""
+        if self.sampler is not None:
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
+            return np.fromiter(iter(self.sampler), dtype=np.int64)
         n = len(self.dataset)
-        order = order_rng.permutation(n) if self.shuffle else np.arange(n)
+        return order_rng.permutation(n) if self.shuffle else np.arange(n)
+
+    def _split(self, order_rng: np.random.Generator, epoch: int) -> list[np.ndarray]:
+        order = self._order(order_rng, epoch)
+        n = len(order)
         stop = len(self) * self.batch_size if self.drop_last else n
         return [order[i : min(i + self.batch_size, stop)] for i in range(0, stop, self.batch_size)]
 
@@ -150,8 +168,8 @@ class DataLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order_rng, augment_rng = self._epoch_generators(self.epoch)
+        batches = self._split(order_rng, self.epoch)
         self.epoch += 1
-        batches = self._split(order_rng)
         if self.prefetch == 0:
             return (self._load(idx, augment_rng) for idx in batches)
         return _PrefetchIterator(self, batches, augment_rng)

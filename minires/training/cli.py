@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 from minires.data import DATASETS
 from minires.serialization import load_tree
 from minires.training.checkpoint import load_checkpoint, read_checkpoint_config
+from minires.training.distributed import exit_code
 from minires.training.evaluate import evaluate
 from minires.training.recipes import MODEL_NAMES, RECIPES
 from minires.training.trainer import CHECKPOINT, NonFiniteLossError, TrainConfig, Trainer, build_evaluation
@@ -73,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="the same network without skip connections")
     p.add_argument("--preact", action="store_true", help="pre-activation residual blocks")
     p.add_argument("--epochs", type=_POSITIVE_INT, help="train up to this epoch (default: the recipe's)")
-    p.add_argument("--batch-size", type=_POSITIVE_INT)
+    p.add_argument("--batch-size", type=_POSITIVE_INT,
+                   help="images per step per process: under mpiexec -n N the global batch is N x this")
     p.add_argument("--lr", type=_POSITIVE_FLOAT, help="peak learning rate")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
     p.add_argument("--momentum", type=_NON_NEGATIVE_FLOAT, default=0.9, help="SGD momentum (Nesterov)")
@@ -84,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-grad-norm", type=_POSITIVE_FLOAT, help="clip the global gradient norm to this value")
     p.add_argument("--train-subset", type=_POSITIVE_INT, metavar="N", help="train on a fixed random N-image part of the training set")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops or flips")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="under mpiexec: BatchNorm statistics per process instead of over the global batch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--seed", type=_NON_NEGATIVE_INT, default=0)
     p.add_argument("--out", help="output folder (default: runs/<timestamp>)")
@@ -130,13 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
         records = trainer.fit(resume=args.resume)
     except KeyboardInterrupt:
-        return 130
+        return exit_code(130)
     except NonFiniteLossError as exc:
         print(f"minires-train: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(1)
     except (FileNotFoundError, ValueError) as exc:
         print(f"minires-train: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(2)  # under mpiexec: ends the other ranks too
     if records:
         best = max(r["test_acc"] for r in records)
         print(f"done: final test accuracy {100 * records[-1]['test_acc']:.2f}% (best {100 * best:.2f}%), "

@@ -34,6 +34,7 @@ from minires.data.transforms import Compose, Normalize, RandomCrop, RandomHorizo
 from minires.nn import Module
 from minires.nn.utils import clip_grad_norm_
 from minires.training.checkpoint import load_checkpoint, save_checkpoint
+from minires.training.distributed import TrainingWorld
 from minires.training.evaluate import evaluate
 from minires.training.metrics import append_metrics, plot_curves, read_metrics, truncate_metrics
 from minires.training.recipes import RECIPES, build_model
@@ -81,6 +82,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip_grad_norm: float | None = None
     augment: bool = True
+    sync_bn: bool = True  # under mpiexec -n N > 1: SyncBatchNorm (global-batch statistics) instead of per-rank BatchNorm
     train_subset: int | None = None
     device: str = "cpu"
     seed: int = 0
@@ -209,6 +211,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config = config.resolved()
         check_device(config.device)
+        self.world = TrainingWorld(config)  # under mpiexec -n N: this rank's share of the work (see training/distributed.py)
         mr_random.manual_seed(config.seed)
         self.train_set = get_dataset(config.dataset, config.data_dir, train=True)
         self.test_set = get_dataset(config.dataset, config.data_dir, train=False)
@@ -223,12 +226,15 @@ class Trainer:
         channels, size, _ = self.train_set.image_shape
         mean, std = self.train_set.mean, self.train_set.std
         self.train_loader = DataLoader(
-            self.train_set, config.batch_size, shuffle=True, drop_last=True, seed=config.seed, device=config.device,
+            self.train_set, config.batch_size, drop_last=True, seed=config.seed, device=config.device,
             transform=_transforms(config, mean, std, size, train=True), prefetch=config.prefetch,
+            **self.world.loader_order(self.train_set, config.seed),
         )
-        self.test_loader = make_test_loader(config, self.test_set)
+        self.test_loader = make_test_loader(config, self.world.test_shard(self.test_set))
         self.num_classes = self.train_set.num_classes
-        self.model = build_model(config.model, self.num_classes, channels, size, config.plain, config.preact).to(config.device)
+        model = build_model(config.model, self.num_classes, channels, size, config.plain, config.preact).to(config.device)
+        self.model = self.world.prepare(model, config.sync_bn)
+        self.forward = self.world.wrap(self.model)  # the model, or its DistributedDataParallel wrapper
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = make_schedule(config, self.optimizer, len(self.train_loader))
         self.epoch = 0  # completed epochs
@@ -239,6 +245,11 @@ class Trainer:
         return os.path.join(self.config.out, CHECKPOINT)
 
     def save(self, partial: dict[str, Any] | None = None) -> None:
+        if self.world.is_main:
+            self._write_checkpoint(partial)
+        self.world.barrier()  # under mpiexec no rank goes on (and maybe ends the group) before the file is written
+
+    def _write_checkpoint(self, partial: dict[str, Any] | None) -> None:
         save_checkpoint(
             self.checkpoint_path(),
             self.model.state_dict(),
@@ -249,6 +260,7 @@ class Trainer:
             rng=mr_random.get_rng_state(),
             loader=self.train_loader.get_state(),
             config=dataclasses.asdict(self.config),
+            world_size=self.world.size,
         )
 
     def restore(self, path: str) -> None:
@@ -256,6 +268,7 @@ class Trainer:
         for key in ("optimizer", "scheduler", "epoch", "rng", "loader"):
             if key not in ckpt:
                 raise ValueError(f"--resume: {path!r} lacks the {key!r} section of a minires-train checkpoint")
+        self.world.check_resume(ckpt, path)
         saved = ckpt.get("config") or {}
         for name in RESUME_FIXED:
             if name in saved and saved[name] != getattr(self.config, name):
@@ -292,25 +305,29 @@ class Trainer:
     def fit(self, resume: str | None = None) -> list[dict[str, Any]]:
         """Train to ``config.epochs``; returns the metrics of every epoch run so far."""
         config = self.config
-        os.makedirs(config.out, exist_ok=True)
         metrics_path = os.path.join(config.out, METRICS)
+        main = self.world.is_main  # only rank 0 writes files
+        if main:
+            os.makedirs(config.out, exist_ok=True)
         if resume:
             self.restore(resume)
             previous = os.path.join(os.path.dirname(os.path.abspath(resume)), METRICS)
-            if os.path.abspath(metrics_path) != previous:  # resuming into another --out: carry the history over
+            if main and os.path.abspath(metrics_path) != previous:  # resuming into another --out: carry the history over
                 if os.path.exists(previous):
                     shutil.copyfile(previous, metrics_path)
                 elif os.path.exists(metrics_path):
                     os.unlink(metrics_path)
-            truncate_metrics(metrics_path, self.epoch)
+            if main:
+                truncate_metrics(metrics_path, self.epoch)
             print(f"resumed from {resume} after epoch {self.epoch}" + (
                 f" (+{self.partial['batches']} batches)" if self.partial else ""))
-        else:
-            if os.path.exists(metrics_path):
-                os.unlink(metrics_path)
+        elif main and os.path.exists(metrics_path):
+            os.unlink(metrics_path)
         print(f"minires-train: {config.model}{' (plain)' if config.plain else ''} on {config.dataset} "
               f"({len(self.train_set)} train / {len(self.test_set)} test images, {self.num_classes} classes), "
               f"{sum(p.numel() for p in self.model.parameters()):,} parameters, device {config.device}, out {config.out}")
+        if self.world.distributed:
+            print(self.world.describe(config.batch_size, config.sync_bn))
         with _StopOnInterrupt() as interrupt:
             while self.epoch < config.epochs:
                 record = self._run_epoch(interrupt)
@@ -319,18 +336,19 @@ class Trainer:
                         f"the test loss became {record['test_loss']} after epoch {record['epoch']}; stopped without "
                         f"saving that epoch. The last good checkpoint ({self.checkpoint_path()}) is kept."
                     )
-                append_metrics(metrics_path, record)
+                if main:
+                    append_metrics(metrics_path, record)
                 self.save()
                 print(f"epoch {record['epoch']:3d}/{config.epochs}  lr {record['lr']:.4f}  train loss {record['train_loss']:.4f} "
                       f"acc {100 * record['train_acc']:.2f}%  test loss {record['test_loss']:.4f} "
                       f"acc {100 * record['test_acc']:.2f}%  {record['seconds']:.1f}s  {record['images_per_s']:.0f} img/s",
                       flush=True)
-                if interrupt.requested:  # Ctrl-C came during the evaluation: the epoch is complete and saved
+                if self.world.any_rank(interrupt.requested):  # Ctrl-C came during the evaluation: the epoch is complete and saved
                     print(f"\ninterrupted: saved {self.checkpoint_path()} (after epoch {self.epoch}); "
                           f"continue with --resume {self.checkpoint_path()}", file=sys.stderr)
                     raise KeyboardInterrupt
         records = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
-        if records and plot_curves(records, os.path.join(config.out, CURVES), f"{config.model} on {config.dataset}"):
+        if main and records and plot_curves(records, os.path.join(config.out, CURVES), f"{config.model} on {config.dataset}"):
             print(f"curves: {os.path.join(config.out, CURVES)}")
         return records
 
@@ -352,9 +370,10 @@ class Trainer:
             if index < done:
                 continue  # replaying an interrupted epoch: these batches were trained on already
             lr = self.optimizer.param_groups[0]["lr"]
-            logits = self.model(images)
+            logits = self.forward(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
-            value = float(loss.item())
+            hits = int((to_numpy(logits.data.argmax(axis=1)) == to_numpy(labels.data)).sum())
+            value, n, hits = self.world.batch_totals(float(loss.item()), labels.shape[0], hits)  # over all ranks
             if not math.isfinite(value):
                 bar.close()
                 raise NonFiniteLossError(
@@ -364,18 +383,18 @@ class Trainer:
                 )
             self.optimizer.zero_grad()
             loss.backward()
+            self.world.sync_gradients()
             if config.clip_grad_norm:
                 clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
-            n = labels.shape[0]
             loss_sum += value * n
-            correct += int((to_numpy(logits.data.argmax(axis=1)) == to_numpy(labels.data)).sum())
+            correct += hits
             seen += n
             elapsed = seconds + time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%", img_s=f"{seen / elapsed:.0f}")
-            if interrupt.requested:
+            if self.world.any_rank(interrupt.requested):
                 bar.close()
                 self.save(partial={"batches": index + 1, "loss_sum": loss_sum, "correct": correct, "seen": seen,
                                    "seconds": seconds + time.perf_counter() - start})
@@ -384,7 +403,7 @@ class Trainer:
                 raise KeyboardInterrupt
         bar.close()
         seconds += time.perf_counter() - start
-        result = evaluate(self.model, self.test_loader, self.num_classes)
+        result = self.world.all_reduce_result(evaluate(self.model, self.test_loader, self.num_classes))  # this rank's part, summed
         self.epoch += 1
         return {
             "epoch": self.epoch,
