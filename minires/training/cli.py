@@ -126,13 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--data-dir is for --dataset cifar10 / cifar100")
         config = TrainConfig(**settings)
         trainer = Trainer(config)
-        if args.resume:
-            reached = int(load_tree(args.resume, sections=["epoch"]).get("epoch", 0))
-            if reached >= trainer.config.epochs:
-                print(f"minires-train: nothing to train: {args.resume} is already at epoch {reached}, and --epochs is "
-                      f"{trainer.config.epochs}; pass a larger --epochs to continue the run")
-                return 0
-        records = trainer.fit(resume=args.resume)
+        reached = int(load_tree(args.resume, sections=["epoch"]).get("epoch", 0)) if args.resume else None
+        records = trainer.fit(resume=args.resume)  # resuming: checks the checkpoint against the flags first
     except KeyboardInterrupt:
         return exit_code(130)
     except NonFiniteLossError as exc:
@@ -141,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"minires-train: {exc}", file=sys.stderr)
         return exit_code(2)  # under mpiexec: ends the other ranks too
+    if reached is not None and trainer.epoch <= reached:
+        print(f"minires-train: nothing to train: {args.resume} is already at epoch {reached}, and --epochs is "
+              f"{trainer.config.epochs}; pass a larger --epochs to continue the run")
+        return 0
     if records:
         best = max(r["test_acc"] for r in records)
         print(f"done: final test accuracy {100 * records[-1]['test_acc']:.2f}% (best {100 * best:.2f}%), "
