@@ -15,7 +15,13 @@ For each depth and variant, on one batch of digits with the cross-entropy loss, 
 prints a table and draws depth_sweep.png. The numbers are whatever the networks give: read the
 tutorial (docs/tutorial.md) for what they show and why.
 
+With ``--weights FILE`` it also records the per-layer gradient norms of a *trained* CIFAR ResNet -- a
+PyTorch checkpoint such as akamaster/pytorch_resnet_cifar10's ``resnet56-4bfd9763.th`` (read without
+PyTorch, nothing downloaded), or a minires checkpoint -- and of a freshly initialised twin, on one batch
+of the images it was trained on (``--data-dir`` for CIFAR), and overlays them (gradient_flow_weights.png).
+
     python examples/depth_sweep.py [--quick] [--depths 8,20,56,110] [--out runs/examples/depth_sweep]
+    python examples/depth_sweep.py --weights resnet56-4bfd9763.th --data-dir cifar-10-batches-py
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ import sys
 from typing import Any
 
 import numpy as np
+from _weights import batch_for, trained_and_initialised  # examples/_weights.py, beside this script
 
 import minires as mr
 import minires.nn as nn
 import minires.nn.functional as F
 from minires.data import load_digits
-from minires.models import BasicBlock
-from minires.viz import GradientFlowRecorder
+from minires.models import BasicBlock, CifarResNet
+from minires.viz import GradientFlowRecorder, plot_gradient_flow
 
 VARIANTS = (("plain", False, True), ("residual", True, True), ("plain, no BN", False, False), ("residual, no BN", True, False))
 
@@ -124,6 +131,25 @@ def plot(results: dict[str, dict[int, dict[str, Any]]], depths: list[int], layer
     fig.savefig(path, dpi=90)
 
 
+def compare_weights(path: str, trained: CifarResNet, initialised: CifarResNet, images: np.ndarray, labels: np.ndarray,
+                    out: str) -> dict[str, Any]:
+    """Per-layer gradient norms of the trained net from ``path`` and of its initialised twin, on one batch."""
+    flows: dict[str, list[Any]] = {}
+    for name, model in (("initialised", initialised), ("trained", trained)):
+        recorder = GradientFlowRecorder(model.train())
+        loss = F.cross_entropy(model(mr.tensor(images)), mr.tensor(labels))
+        loss.backward()
+        flows[name] = recorder.records()
+        recorder.remove()
+        first, last = flows[name][0], flows[name][-1]
+        print(f"ResNet-{trained.depth} {name:<11} loss {float(loss.item()):>8.4f}   |dL/dW| first layer {first.weight_grad_norm:.3e}"
+              f"   last layer {last.weight_grad_norm:.3e}   first/last {first.weight_grad_norm / last.weight_grad_norm:.3e}")
+    plot_gradient_flow(flows, os.path.join(out, "gradient_flow_weights.png"),
+                       title=f"ResNet-{trained.depth}: initialised vs {os.path.basename(path)}")
+    return {"weights": path, "depth": trained.depth, "images": len(labels),
+            "layers": {name: [r.as_dict() for r in records] for name, records in flows.items()}}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/examples/depth_sweep", help="folder for figures and results")
@@ -131,11 +157,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--depths", default=None, help="comma-separated even depths (default 8,20,56,110)")
     parser.add_argument("--batch", type=int, default=None, help="images in the batch (default 64, quick 16)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", help="also compare the gradient flow of this trained CIFAR ResNet (PyTorch .th/.pt "
+                        "or minires .npz) with its initialised twin")
+    parser.add_argument("--data-dir", help="CIFAR python-version folder or .tar.gz, for --weights of a 3-channel net")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     depths = [int(d) for d in (args.depths or ("8,20" if args.quick else "8,20,56,110")).split(",")]
     batch = args.batch or (16 if args.quick else 64)
     layer_depth = 56 if 56 in depths else depths[-1]
+    if args.weights:  # read the file (and its images) first, so a bad --weights / --data-dir fails at once
+        trained, initialised = trained_and_initialised(args.weights, args.seed)
+        weight_batch = batch_for(trained, args.weights, batch, args.data_dir)
 
     data = load_digits(train=True)
     images, labels = data.get_batch(np.arange(batch))
@@ -152,9 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"{name:<17} {depth:>5} {r['loss']:>10.4g} {r['first_grad']:>14.3e} {r['last_grad']:>13.3e} "
                   f"{r['first_grad'] / r['last_grad']:>11.3e} {r['block_rms'][0]:>12.3e} {r['block_rms'][-1]:>15.3e}")
     plot(results, depths, layer_depth, os.path.join(args.out, "depth_sweep.png"))
+    summary: dict[str, Any] = {"depths": depths, "batch": batch,
+                               "results": {k: {str(d): v for d, v in r.items()} for k, r in results.items()}}
+    if args.weights:
+        print(f"\ngradient flow of {args.weights} and of an initialised twin, one batch, cross-entropy, training mode")
+        summary["weights"] = compare_weights(args.weights, trained, initialised, *weight_batch, args.out)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"depths": depths, "batch": batch, "results": {k: {str(d): v for d, v in r.items()} for k, r in results.items()}},
-                  f, indent=1)
+        json.dump(summary, f, indent=1)
     print(f"figures and results in {args.out}")
     return results
 

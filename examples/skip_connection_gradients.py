@@ -13,7 +13,13 @@ upstream gradient down unchanged and the branch adds its own term. The script
 5. probes every block of a ResNet-20 at initialisation on a batch of digits and plots the two
    contributions block by block (skip_probe.png).
 
+With ``--weights FILE`` part 5 probes a *trained* CIFAR ResNet instead -- a PyTorch checkpoint such as
+akamaster/pytorch_resnet_cifar10's ``resnet56-4bfd9763.th`` (read without PyTorch, nothing downloaded),
+or a minires checkpoint -- beside a freshly initialised twin of the same architecture, on a batch of the
+images it was trained on (``--data-dir`` for CIFAR), and plots both (skip_probe.png, skip_probe_trained.png).
+
     python examples/skip_connection_gradients.py [--quick] [--out runs/examples/skip_connection_gradients]
+    python examples/skip_connection_gradients.py --weights resnet56-4bfd9763.th --data-dir cifar-10-batches-py
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 from typing import Any, Callable
 
 import numpy as np
+from _weights import batch_for, trained_and_initialised  # examples/_weights.py, beside this script
 
 import minires as mr
 import minires.nn.functional as F
@@ -78,20 +85,23 @@ def probe_one_block(block: BasicBlock, x0: np.ndarray, readout: np.ndarray) -> d
             "fd_error_identity": err_identity, "fd_error_branch": err_branch}
 
 
-def probe_network(depth: int, batch: int, seed: int) -> list[dict[str, Any]]:
-    """SkipProbe table of a freshly initialised CifarResNet-``depth`` on ``batch`` training digits."""
-    mr.manual_seed(seed)
-    model = CifarResNet(depth, num_classes=10, in_channels=1)
+def digits_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``batch`` training digits, normalised: (images (B, 1, 8, 8) float32, labels (B,))."""
     data = load_digits(train=True)
     images, labels = data.get_batch(np.arange(batch))
-    images = (images - data.mean[0]) / data.std[0]
+    return ((images - data.mean[0]) / data.std[0]).astype(np.float32), labels
+
+
+def probe_network(model: CifarResNet, images: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    """SkipProbe table of ``model`` (in training mode) under the cross-entropy loss of one batch."""
+    model.train()
     with SkipProbe(model) as probe:
-        loss = F.cross_entropy(model(mr.tensor(images.astype(np.float32))), mr.tensor(labels))
+        loss = F.cross_entropy(model(mr.tensor(images)), mr.tensor(labels))
         loss.backward()
     return probe.table()
 
 
-def plot_network(rows: list[dict[str, Any]], depth: int, path: str) -> None:
+def plot_network(rows: list[dict[str, Any]], title: str, path: str) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.6))
@@ -103,7 +113,7 @@ def plot_network(rows: list[dict[str, Any]], depth: int, path: str) -> None:
     ax.set_xticks(idx, [r["block"] + ("\n(opt. A)" if r["shortcut"] != "identity" else "") for r in rows],
                   rotation=0, fontsize=7)
     ax.set_ylabel("gradient norm")
-    ax.set_title(f"ResNet-{depth} at initialisation: gradient reaching each block's input, by path")
+    ax.set_title(f"{title}: gradient reaching each block's input, by path")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -116,8 +126,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a ResNet-8 on 16 images for part 4 (a few seconds)")
     parser.add_argument("--depth", type=int, default=None, help="ResNet depth for part 4 (default 20, quick 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", help="probe this trained CIFAR ResNet (PyTorch .th/.pt or minires .npz) beside its "
+                        "initialised twin in part 5")
+    parser.add_argument("--data-dir", help="CIFAR python-version folder or .tar.gz, for --weights of a 3-channel net")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    batch = 16 if args.quick else 128
+    if args.weights:  # read the file (and its images) first, so a bad --weights / --data-dir fails at once
+        trained, initialised = trained_and_initialised(args.weights, args.seed)
+        images, labels = batch_for(trained, args.weights, batch, args.data_dir)
+        if args.depth and args.depth != trained.depth:
+            raise SystemExit(f"--depth {args.depth}: {args.weights} holds a ResNet-{trained.depth}")
     rng = np.random.default_rng(args.seed)
     mr.manual_seed(args.seed)
 
@@ -136,14 +155,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     block.zero_init_last()
     zeroed = probe_one_block(block, x0, readout)
 
-    depth = args.depth or (8 if args.quick else 20)
-    batch = 16 if args.quick else 128
-    print(f"\n== every block of a ResNet-{depth} at initialisation ({batch} digits, cross-entropy) ==")
-    rows = probe_network(depth, batch, args.seed)
+    results: dict[str, Any] = {"block": fresh, "zero_init_block": zeroed}
+    if args.weights:
+        depth = trained.depth
+        rows_trained = probe_network(trained, images, labels)
+        print(f"\n== every block of the trained ResNet-{depth} in {args.weights} ({len(labels)} images, cross-entropy) ==")
+        print(format_skip_table(rows_trained))
+        plot_network(rows_trained, f"ResNet-{depth}, trained ({os.path.basename(args.weights)})",
+                     os.path.join(args.out, "skip_probe_trained.png"))
+        results["trained"] = {"weights": args.weights, "network": rows_trained}
+        model = initialised
+    else:
+        depth = args.depth or (8 if args.quick else 20)
+        mr.manual_seed(args.seed)
+        model = CifarResNet(depth, num_classes=10, in_channels=1)
+        images, labels = digits_batch(batch)
+    print(f"\n== every block of a ResNet-{depth} at initialisation ({len(labels)} images, cross-entropy) ==")
+    rows = probe_network(model, images, labels)
     print(format_skip_table(rows))
-    plot_network(rows, depth, os.path.join(args.out, "skip_probe.png"))
-
-    results = {"block": fresh, "zero_init_block": zeroed, "network_depth": depth, "network": rows}
+    plot_network(rows, f"ResNet-{depth} at initialisation", os.path.join(args.out, "skip_probe.png"))
+    results.update(network_depth=depth, network=rows)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     print(f"figures and results in {args.out}")

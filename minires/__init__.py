@@ -73,6 +73,7 @@ from minires.ops import (
 from minires.random import get_rng_state, manual_seed, set_rng_state
 from minires.serialization import load, load_tree, save, save_tree
 from minires.tensor import Tensor
+from minires.torchfile import load_torch, unwrap_state_dict
 
 float16 = _np.dtype(_np.float16)
 float32 = _np.dtype(_np.float32)
@@ -85,14 +86,14 @@ half, float, double, long = float16, float32, float64, int64  # noqa: A001 - PyT
 __version__ = "0.1.0"
 
 __all__ = [
-    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "bool_", "cat", "clamp", "clip", "clone",
-    "Context", "cuda", "double", "enable_grad", "exp", "expand", "eye", "flatten", "flip", "float",
-    "float16", "float32", "float64", "full", "full_like", "Function", "gather", "get_rng_state",
-    "gradcheck", "GradcheckError", "half", "inference_mode", "int32", "int64", "is_grad_enabled",
-    "isfinite", "isnan", "linspace", "load", "load_tree", "log", "log_softmax", "long", "manual_seed",
-    "matmul", "max", "maximum", "mean", "min", "minimum", "no_grad", "ones", "ones_like", "pad",
-    "permute", "pow", "rand", "randint", "randn", "randperm", "relu", "reshape", "save", "save_tree",
-    "scatter_add", "set_grad_enabled", "set_rng_state", "sigmoid", "softmax", "sqrt", "squeeze",
-    "stack", "std", "sum", "tanh", "Tensor", "tensor", "transpose", "unsqueeze", "var", "where",
-    "zeros", "zeros_like",
+    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "bool_", "cat", "clamp", "clip",
+    "clone", "Context", "cuda", "double", "enable_grad", "exp", "expand", "eye", "flatten", "flip",
+    "float", "float16", "float32", "float64", "full", "full_like", "Function", "gather",
+    "get_rng_state", "gradcheck", "GradcheckError", "half", "inference_mode", "int32", "int64",
+    "is_grad_enabled", "isfinite", "isnan", "linspace", "load", "load_torch", "load_tree", "log",
+    "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min", "minimum",
+    "no_grad", "ones", "ones_like", "pad", "permute", "pow", "rand", "randint", "randn", "randperm",
+    "relu", "reshape", "save", "save_tree", "scatter_add", "set_grad_enabled", "set_rng_state",
+    "sigmoid", "softmax", "sqrt", "squeeze", "stack", "std", "sum", "tanh", "Tensor", "tensor",
+    "transpose", "unsqueeze", "unwrap_state_dict", "var", "where", "zeros", "zeros_like",
 ]

@@ -104,3 +104,56 @@ def test_train_cifar_without_data_dir_refuses_a_full_run(tmp_path: Path) -> None
 def test_example_has_main_and_quick_flag(name: str) -> None:
     source = (EXAMPLES / f"{name}.py").read_text()
     assert "def main(argv" in source and '"--quick"' in source and '"--out"' in source
+
+
+def test_weights_flag_with_a_minires_file(tmp_path: Path) -> None:
+    """--weights FILE probes the net in FILE (here an mr.save-d ResNet-8 for digits) beside an initialised twin."""
+    import numpy as np
+
+    import minires as mr
+    from minires.data import load_digits
+    from minires.models import CifarResNet
+    from minires.viz import SkipProbe
+
+    mr.manual_seed(7)
+    model = CifarResNet(8, in_channels=1)
+    for name, p in model.named_parameters():  # weights no initialiser would give
+        p.data[...] = np.random.default_rng(len(name)).normal(scale=0.3, size=p.shape)
+    mr.save(model.state_dict(), tmp_path / "r8.npz")
+
+    out = run_example("skip_connection_gradients", tmp_path / "probe", "--weights", str(tmp_path / "r8.npz"))
+    assert "trained ResNet-8" in out and "ResNet-8 at initialisation" in out
+    results = json.loads((tmp_path / "probe" / "results.json").read_text())
+    data = load_digits(train=True)
+    images, labels = data.get_batch(np.arange(16))
+    with SkipProbe(model) as probe:
+        mr.nn.functional.cross_entropy(model(mr.tensor(((images - data.mean[0]) / data.std[0]).astype(np.float32))),
+                                       mr.tensor(labels)).backward()
+    expected = [row["branch_norm"] for row in probe.table()]
+    assert np.allclose([row["branch_norm"] for row in results["trained"]["network"]], expected, rtol=1e-5)
+    assert not np.allclose([row["branch_norm"] for row in results["network"]], expected, rtol=1e-2)
+    assert (tmp_path / "probe" / "skip_probe_trained.png").stat().st_size > 0
+
+    out = run_example("depth_sweep", tmp_path / "flow", "--weights", str(tmp_path / "r8.npz"))
+    assert re.search(r"ResNet-8 trained\s+loss\s+" + FLOAT, out) and re.search(r"ResNet-8 initialised\s+loss", out)
+    flows = json.loads((tmp_path / "flow" / "results.json").read_text())["weights"]["layers"]
+    assert len(flows["trained"]) == len(flows["initialised"]) == 8  # 7 convolutions and the classifier
+    assert (tmp_path / "flow" / "gradient_flow_weights.png").stat().st_size > 0
+
+
+def test_weights_flag_with_a_pytorch_checkpoint(tmp_path: Path) -> None:
+    """A PyTorch CIFAR-ResNet .th file (akamaster layout) and a CIFAR folder: the probe runs on the trained net."""
+    pytest.importorskip("torch")
+    from test_cifar import make_cifar10
+    from test_cifar_checkpoint import random_net, save_like_akamaster
+
+    folder, _ = make_cifar10(tmp_path / "data")
+    path = save_like_akamaster(random_net(20), tmp_path / "resnet20.th")
+    out = run_example("skip_connection_gradients", tmp_path / "probe", "--weights", str(path), "--data-dir", str(folder))
+    assert "trained ResNet-20" in out
+    rows = json.loads((tmp_path / "probe" / "results.json").read_text())["trained"]["network"]
+    assert [r["block"] for r in rows][:2] == ["layer1.0", "layer1.1"] and len(rows) == 9
+    missing = subprocess.run([sys.executable, str(EXAMPLES / "depth_sweep.py"), "--quick", "--out", str(tmp_path / "x"),
+                              "--weights", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=180,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg"))
+    assert missing.returncode != 0 and "--data-dir" in missing.stderr

@@ -77,28 +77,38 @@ class OptionAShortcut(nn.Module):
     Subsamples the grid by taking every ``stride``-th pixel (``x[:, :, ::stride, ::stride]``) and appends
     ``out_planes - in_planes`` all-zero channels, so the identity path carries no weights at all:
     ``(N, in_planes, H, W) -> (N, out_planes, ceil(H / stride), ceil(W / stride))``.
-    The zero channels go after the real ones, as in the authors' Torch code (``nn.Concat`` of the input
-    and a zeroed copy).
+    Where the zero channels go (``padding``): ``"end"`` (default) puts them after the real ones, as in the
+    authors' Torch code (``nn.Concat`` of the input and a zeroed copy); ``"split"`` puts half before and half
+    after (the extra odd one after), as the widely copied PyTorch CIFAR code does
+    (``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``, akamaster/pytorch_resnet_cifar10).
+    The choice changes which branch channels the identity adds to, so weights trained with one give
+    other logits with the other.
     """
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int = 2) -> None:
+    PADDINGS = ("end", "split")
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 2, padding: str = "end") -> None:
         super().__init__()
         if out_planes < in_planes:
             raise ValueError(f"OptionAShortcut: cannot shrink channels ({in_planes} -> {out_planes}) by zero padding")
+        if padding not in self.PADDINGS:
+            raise ValueError(f"OptionAShortcut: padding must be 'end' or 'split', got {padding!r}")
         self.in_planes = in_planes
         self.out_planes = out_planes
         self.stride = stride
+        self.padding = padding
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
         extra = self.out_planes - self.in_planes
         if extra:
-            x = pad(x, (0, 0, 0, 0, 0, extra))  # (W left/right, H top/bottom, C front/back)
+            front = extra // 2 if self.padding == "split" else 0
+            x = pad(x, (0, 0, 0, 0, front, extra - front))  # (W left/right, H top/bottom, C front/back)
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}"
+        return f"{self.in_planes}, {self.out_planes}, stride={self.stride}" + (", padding='split'" if self.padding == "split" else "")
 
 
 class _ResidualBlock(nn.Module):

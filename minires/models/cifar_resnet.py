@@ -7,6 +7,10 @@ channels, the shortcut is the paper's parameter-free "option A" (:class:`OptionA
 second pixel, append zero channels), so the residual nets and their ``plain=True`` twins have exactly the
 same parameters -- the comparison behind the paper's degradation figure.
 
+``shortcut_padding`` says where option A's zero channels go: ``"end"`` (default, as in the authors' Torch
+code) or ``"split"`` (half on each side, as in the common PyTorch CIFAR-ResNet code whose published
+checkpoints :func:`minires.models.load_cifar_resnet_checkpoint` reads).
+
 ``preact=True`` uses the pre-activation blocks of He et al. (2016) (BN-ReLU-conv, nothing after the add)
 with the same option-A shortcuts, plus the extra ``final_bn`` + ReLU before the pool.
 """
@@ -26,7 +30,8 @@ class CifarResNet(ResNetBase):
 
     Attribute names mirror torchvision's where they can (``conv1``, ``bn1``, ``relu``, ``layer1``..``layer3``,
     ``avgpool``, ``fc``). ``plain=True`` removes the skip connections (same parameters); ``preact=True``
-    uses pre-activation blocks; ``zero_init_residual`` starts every block as the identity.
+    uses pre-activation blocks; ``zero_init_residual`` starts every block as the identity;
+    ``shortcut_padding`` ("end" or "split") places option A's zero channels (see :class:`OptionAShortcut`).
     """
 
     min_input_size = 4  # smallest H and W accepted: two stride-2 stages downsample by 4
@@ -39,8 +44,11 @@ class CifarResNet(ResNetBase):
         preact: bool = False,
         zero_init_residual: bool = False,
         in_channels: int = 3,
+        shortcut_padding: str = "end",
     ) -> None:
         super().__init__()
+        if shortcut_padding not in OptionAShortcut.PADDINGS:
+            raise ValueError(f"CifarResNet: shortcut_padding must be 'end' or 'split', got {shortcut_padding!r}")
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CifarResNet: depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got {depth}")
         self.depth = depth
@@ -48,6 +56,7 @@ class CifarResNet(ResNetBase):
         self.plain = plain
         self.preact = preact
         self.in_channels = in_channels
+        self.shortcut_padding = shortcut_padding
         self.block = PreActBasicBlock if preact else BasicBlock
         self.inplanes = 16
 
@@ -66,7 +75,7 @@ class CifarResNet(ResNetBase):
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = OptionAShortcut(self.inplanes, planes, stride)
+            downsample = OptionAShortcut(self.inplanes, planes, stride, padding=self.shortcut_padding)
         layers = [self.block(self.inplanes, planes, stride, downsample, plain=self.plain)]
         self.inplanes = planes
         layers += [self.block(planes, planes, plain=self.plain) for _ in range(1, blocks)]
@@ -85,38 +94,48 @@ class CifarResNet(ResNetBase):
 
 
 def resnet20(
-    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3
+    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3,
+    shortcut_padding: str = "end",
 ) -> CifarResNet:
     """ResNet-20 for CIFAR (n = 3): 269,722 parameters with 10 classes."""
-    return CifarResNet(20, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels)
+    return CifarResNet(20, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels,
+                       shortcut_padding=shortcut_padding)
 
 
 def resnet32(
-    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3
+    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3,
+    shortcut_padding: str = "end",
 ) -> CifarResNet:
     """ResNet-32 for CIFAR (n = 5): 464,154 parameters with 10 classes."""
-    return CifarResNet(32, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels)
+    return CifarResNet(32, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels,
+                       shortcut_padding=shortcut_padding)
 
 
 def resnet44(
-    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3
+    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3,
+    shortcut_padding: str = "end",
 ) -> CifarResNet:
     """ResNet-44 for CIFAR (n = 7): 658,586 parameters with 10 classes."""
-    return CifarResNet(44, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels)
+    return CifarResNet(44, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels,
+                       shortcut_padding=shortcut_padding)
 
 
 def resnet56(
-    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3
+    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3,
+    shortcut_padding: str = "end",
 ) -> CifarResNet:
     """ResNet-56 for CIFAR (n = 9): 853,018 parameters with 10 classes."""
-    return CifarResNet(56, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels)
+    return CifarResNet(56, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels,
+                       shortcut_padding=shortcut_padding)
 
 
 def resnet110(
-    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3
+    num_classes: int = 10, plain: bool = False, preact: bool = False, zero_init_residual: bool = False, in_channels: int = 3,
+    shortcut_padding: str = "end",
 ) -> CifarResNet:
     """ResNet-110 for CIFAR (n = 18): 1,727,962 parameters with 10 classes."""
-    return CifarResNet(110, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels)
+    return CifarResNet(110, num_classes, plain=plain, preact=preact, zero_init_residual=zero_init_residual, in_channels=in_channels,
+                       shortcut_padding=shortcut_padding)
 
 
 __all__ = ["CIFAR_DEPTHS", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]

@@ -11,10 +11,12 @@ from typing import Any, Callable, Sequence
 
 from minires.data import DATASETS
 from minires.serialization import load_tree
+from minires.torchfile import is_torch_file
 from minires.training.checkpoint import load_checkpoint, read_checkpoint_config
 from minires.training.distributed import exit_code
 from minires.training.evaluate import evaluate
 from minires.training.recipes import MODEL_NAMES, RECIPES
+from minires.training.torch_eval import evaluate_torch_checkpoint
 from minires.training.trainer import CHECKPOINT, NonFiniteLossError, TrainConfig, Trainer, build_evaluation
 
 # Settings a resumed run takes from its own command line, not from the checkpoint (--out defaults to the
@@ -149,12 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """``minires-eval --checkpoint PATH``: test accuracy, per-class accuracy and confusion matrix."""
-    p = argparse.ArgumentParser(prog="minires-eval", description="Evaluate a minires-train checkpoint on its test set.")
+    p = argparse.ArgumentParser(prog="minires-eval", description="Evaluate a minires-train checkpoint, or a PyTorch "
+                                "CIFAR-ResNet checkpoint (.th/.pt, read without PyTorch), on its test set.")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data-dir", help="override the data folder recorded in the checkpoint")
+    p.add_argument("--data-dir", help="override the data folder recorded in the checkpoint (required for a PyTorch file)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--model", help="PyTorch file only: the CIFAR ResNet it holds (resnet20 ... resnet1202), checked against it")
     args = p.parse_args(argv)
     try:
+        if is_torch_file(args.checkpoint):
+            try:
+                print(evaluate_torch_checkpoint(args.checkpoint, args.model, args.data_dir, args.device))
+            except (FileNotFoundError, ValueError, RuntimeError) as exc:
+                print(f"minires-eval: {exc}", file=sys.stderr)
+                return 2
+            return 0
         return _evaluate_checkpoint(args)
     except KeyboardInterrupt:
         print("minires-eval: interrupted", file=sys.stderr)
@@ -167,6 +178,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> int:
         if "config" not in ckpt:
             raise ValueError(f"{args.checkpoint!r} has no 'config' section: not written by minires-train")
         saved = dict(ckpt["config"])
+        if args.model and args.model != saved.get("model"):
+            raise ValueError(f"--model {args.model}: {args.checkpoint!r} holds a {saved.get('model')} (--model is for PyTorch files)")
         saved.update(device=args.device, prefetch=0, progress=False, out=os.path.dirname(os.path.abspath(args.checkpoint)))
         if args.data_dir:
             saved["data_dir"] = args.data_dir

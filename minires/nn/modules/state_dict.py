@@ -43,6 +43,17 @@ def _quoted(keys: list[str]) -> str:
     return ", ".join(f'"{k}"' for k in keys)
 
 
+def _wrapped_checkpoint_hint(state_dict: Mapping[str, Any], unexpected: list[str]) -> str:
+    """A hint when the keys do not match because the weights are wrapped, as published checkpoints often are."""
+    nested = [k for k in unexpected if isinstance(state_dict[k], Mapping)]
+    if nested:
+        return (f"\n\t(the dict holds its weights under {nested[0]!r}: pass mr.unwrap_state_dict(checkpoint), which also "
+                "drops nn.DataParallel's 'module.' prefix)")
+    if unexpected and all(str(k).startswith("module.") for k in unexpected):
+        return "\n\t(every unexpected key starts with 'module.', as nn.DataParallel saves them: pass mr.unwrap_state_dict(checkpoint))"
+    return ""
+
+
 def load_into(
     owner: str, entries: list[tuple[str, Tensor, bool]], state_dict: Mapping[str, Any], strict: bool
 ) -> IncompatibleKeys:
@@ -86,7 +97,8 @@ def load_into(
         if missing:
             errors.insert(0, f"Missing key(s) in state_dict: {_quoted(missing)}. ")
     if errors:
-        raise RuntimeError(f"Error(s) in loading state_dict for {owner}:\n\t" + "\n\t".join(errors))
+        hint = _wrapped_checkpoint_hint(state_dict, unexpected)
+        raise RuntimeError(f"Error(s) in loading state_dict for {owner}:\n\t" + "\n\t".join(errors) + hint)
     for tensor, array in copies:
         tensor.data[...] = backend.to_device(array, tensor.device).astype(tensor.dtype, copy=False)
         tensor._bump_version()
