@@ -1,22 +1,27 @@
-"""Images/s of one ResNet-18 (CIFAR stem, 32x32 inputs, 10 classes) SGD training step on the GPU,
-minires vs PyTorch (same GPU, cuDNN), float32 and mixed precision (float16 autocast + GradScaler),
-batch 256 and 512, with peak GPU memory.
+"""Images/s of one SGD training step on the GPU for ResNet-18 (CIFAR stem) and ResNet-20 (He et al.'s CIFAR
+net), 32x32 inputs, 10 classes, minires vs PyTorch (same GPU, cuDNN), float32 and mixed precision (float16
+autocast + GradScaler), with peak GPU memory.
 
-    python benchmarks/gpu_resnet.py [--batches 256 512] [--steps 20] [--warmup 3] [--no-torch] [--tf32]
+    python benchmarks/gpu_resnet.py [--models resnet18 resnet20] [--batches 256 512] [--steps 20] [--warmup 3]
+                                    [--no-torch] [--tf32] [--json PATH]
 
 Without a CUDA device (or CuPy) it prints why and exits 0. Synthetic data (random images and labels):
 the timing does not depend on the pixel values. Issue 7's goal: float32 >= 0.5x PyTorch's throughput.
+``--json`` also writes the rows (``python -m minires.cuda.check`` reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any
 
+MODELS = ("resnet18", "resnet20")
 
-def _minires_step_rate(batch: int, mixed: bool, steps: int, warmup: int) -> tuple[float, float]:
+
+def _minires_step_rate(model_name: str, batch: int, mixed: bool, steps: int, warmup: int) -> tuple[float, float]:
     """(images/s, peak GPU MiB) of minires training steps."""
     import cupy
     import numpy as np
@@ -24,10 +29,10 @@ def _minires_step_rate(batch: int, mixed: bool, steps: int, warmup: int) -> tupl
     import minires as mr
     import minires.nn.functional as F
     from minires import amp, optim
-    from minires.models import resnet18
+    from minires.models import resnet18, resnet20
 
     mr.manual_seed(0)
-    model = resnet18(num_classes=10, stem="cifar").to("cuda")
+    model = (resnet18(num_classes=10, stem="cifar") if model_name == "resnet18" else resnet20(num_classes=10)).to("cuda")
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = amp.GradScaler(enabled=mixed)
     x = mr.tensor(np.random.default_rng(0).normal(size=(batch, 3, 32, 32)).astype(np.float32), device="cuda")
@@ -55,22 +60,49 @@ def _minires_step_rate(batch: int, mixed: bool, steps: int, warmup: int) -> tupl
     return batch * steps / seconds, pool.total_bytes() / 2**20
 
 
-def _torch_step_rate(batch: int, mixed: bool, steps: int, warmup: int) -> tuple[float, float] | None:
+def _torch_resnet20() -> Any:
+    """He et al.'s CIFAR ResNet-20 in PyTorch (option-A shortcuts), the twin of minires.models.resnet20."""
+    import torch
+    import torch.nn as tnn
+
+    class Block(tnn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x: Any) -> Any:
+            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+            if self.extra:
+                shortcut = tnn.functional.pad(shortcut, (0, 0, 0, 0, 0, self.extra))
+            return torch.relu(out + shortcut)
+
+    layers: list[Any] = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()]
+    cin = 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for i in range(3):
+            layers.append(Block(cin, cout, stride if i == 0 else 1))
+            cin = cout
+    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10)]
+    return tnn.Sequential(*layers)
+
+
+def _torch_step_rate(model_name: str, batch: int, mixed: bool, steps: int, warmup: int) -> tuple[float, float] | None:
     try:
         import torch
-        import torchvision  # noqa: F401
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
     import torch.nn as tnn
-    from torchvision.models import resnet18
+    from conv_layers import torch_resnet18_cifar  # benchmarks/ is on sys.path when this script runs
 
     torch.backends.cudnn.benchmark = True
-    model = resnet18(num_classes=10)
-    model.conv1 = tnn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem: 3x3 conv, no max-pool
-    model.maxpool = tnn.Identity()
-    model = model.cuda()
+    model = (torch_resnet18_cifar(torch) if model_name == "resnet18" else _torch_resnet20()).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=mixed)
     x = torch.randn(batch, 3, 32, 32, device="cuda")
@@ -98,11 +130,13 @@ def _torch_step_rate(batch: int, mixed: bool, steps: int, warmup: int) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["resnet18"])
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     parser.add_argument("--tf32", action="store_true", help="TF32 GEMMs for minires (torch: allow_tf32 to match)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
 
     import minires as mr
@@ -123,22 +157,30 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
     print(f"GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}  CuPy {cupy.__version__}  "
-          f"TF32 {'on' if args.tf32 else 'off'}  synthetic CIFAR-shaped data, ResNet-18 (CIFAR stem)")
-    header = (f"{'batch':>5} {'precision':>9} | {'minires img/s':>13} {'peak MiB':>9} | "
+          f"TF32 {'on' if args.tf32 else 'off'}  synthetic CIFAR-shaped data (ResNet-18 with the CIFAR stem)")
+    header = (f"{'model':>8} {'batch':>5} {'precision':>9} | {'minires img/s':>13} {'peak MiB':>9} | "
               f"{'torch img/s':>11} {'peak MiB':>9} | {'ratio':>6}")
     print(header)
     print("-" * len(header))
-    for batch in args.batches:
-        for mixed in (False, True):
-            ours, ours_mem = _minires_step_rate(batch, mixed, args.steps, args.warmup)
-            theirs: Any = None if args.no_torch else _torch_step_rate(batch, mixed, args.steps, args.warmup)
-            label = "amp fp16" if mixed else "float32"
-            if theirs is None:
-                print(f"{batch:>5} {label:>9} | {ours:>13.0f} {ours_mem:>9.0f} | {'n/a':>11} {'n/a':>9} | {'n/a':>6}")
-            else:
-                print(f"{batch:>5} {label:>9} | {ours:>13.0f} {ours_mem:>9.0f} | {theirs[0]:>11.0f} {theirs[1]:>9.0f} | "
-                      f"{ours / theirs[0]:>6.2f}")
-            cupy.get_default_memory_pool().free_all_blocks()
+    rows = []
+    for model in args.models:
+        for batch in args.batches:
+            for mixed in (False, True):
+                ours, ours_mem = _minires_step_rate(model, batch, mixed, args.steps, args.warmup)
+                theirs: Any = None if args.no_torch else _torch_step_rate(model, batch, mixed, args.steps, args.warmup)
+                label = "amp fp16" if mixed else "float32"
+                if theirs is None:
+                    print(f"{model:>8} {batch:>5} {label:>9} | {ours:>13.0f} {ours_mem:>9.0f} | {'n/a':>11} {'n/a':>9} | {'n/a':>6}")
+                else:
+                    print(f"{model:>8} {batch:>5} {label:>9} | {ours:>13.0f} {ours_mem:>9.0f} | {theirs[0]:>11.0f} "
+                          f"{theirs[1]:>9.0f} | {ours / theirs[0]:>6.2f}")
+                rows.append({"model": model, "batch": batch, "precision": label, "minires_img_s": ours, "minires_peak_mib": ours_mem,
+                             "torch_img_s": theirs and theirs[0], "torch_peak_mib": theirs and theirs[1],
+                             "ratio": theirs and ours / theirs[0]})
+                cupy.get_default_memory_pool().free_all_blocks()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from minires import cuda
+from minires import backends, cuda
 from minires.autograd.function import Context, Function
 from minires.autograd.grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from minires.creation import (
@@ -86,12 +86,12 @@ half, float, double, long = float16, float32, float64, int64  # noqa: A001 - PyT
 __version__ = "0.1.0"
 
 __all__ = [
-    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "bool_", "cat", "clamp", "clip",
-    "clone", "Context", "cuda", "double", "enable_grad", "exp", "expand", "eye", "flatten", "flip",
-    "float", "float16", "float32", "float64", "full", "full_like", "Function", "gather",
-    "get_rng_state", "gradcheck", "GradcheckError", "half", "inference_mode", "int32", "int64",
-    "is_grad_enabled", "isfinite", "isnan", "linspace", "load", "load_torch", "load_tree", "log",
-    "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min", "minimum",
+    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "backends", "bool_", "cat",
+    "clamp", "clip", "clone", "Context", "cuda", "double", "enable_grad", "exp", "expand", "eye",
+    "flatten", "flip", "float", "float16", "float32", "float64", "full", "full_like", "Function",
+    "gather", "get_rng_state", "gradcheck", "GradcheckError", "half", "inference_mode", "int32",
+    "int64", "is_grad_enabled", "isfinite", "isnan", "linspace", "load", "load_torch", "load_tree",
+    "log", "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min", "minimum",
     "no_grad", "ones", "ones_like", "pad", "permute", "pow", "rand", "randint", "randn", "randperm",
     "relu", "reshape", "save", "save_tree", "scatter_add", "set_grad_enabled", "set_rng_state",
     "sigmoid", "softmax", "sqrt", "squeeze", "stack", "std", "sum", "tanh", "Tensor", "tensor",

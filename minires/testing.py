@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from minires.ops.geometry import output_length
+
 try:
     from hypothesis import assume
     from hypothesis import strategies as st
@@ -224,19 +226,10 @@ def class_targets(
     return draw(hnp.arrays(np.int64, shape, elements=values))
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> int:
-    """Output length along one spatial dim (PyTorch's rule; ``ceil_mode`` as pooling's)."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if ceil_mode:
-        out = -(-span // stride) + 1
-        if (out - 1) * stride >= size + padding:  # the last window must start inside the input or left pad
-            out -= 1
-        return out
-    return span // stride + 1
+    """Output length along one spatial dim (PyTorch's rule; ``ceil_mode`` as pooling's), from
+    :func:`minires.ops.geometry.output_length` with the same padding on both sides."""
+    return output_length(size, kernel, stride, padding, padding, dilation, ceil_mode)
 
 
 def _window_dim(

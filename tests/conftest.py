@@ -4,6 +4,9 @@ Profiles: "ci" (derandomized, no deadline: the same examples every run, so CI ne
 default; "dev" explores more examples with fresh randomness. Choose with HYPOTHESIS_PROFILE=dev.
 The device comes from MINIRES_TEST_DEVICE ("cpu" by default, "cuda" on a GPU machine, "foreign" for
 the pretend GPU of tests/foreign_device.py, whose arrays refuse implicit conversion to numpy as CuPy's do).
+
+PyTorch is a test-only oracle: tests that compare with it skip where it is not installed, except when
+MINIRES_REQUIRE_TORCH=1 (set by .ci/run, which installs it), where a missing torch stops the run at once.
 """
 
 from __future__ import annotations
@@ -27,10 +30,30 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TEST_DEVICE = os.environ.get("MINIRES_TEST_DEVICE", "cpu")
 
+if os.environ.get("MINIRES_REQUIRE_TORCH") == "1":
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise pytest.UsageError(
+            f"MINIRES_REQUIRE_TORCH=1 but PyTorch cannot be imported ({exc}); install the oracle with "
+            "`pip install torch==2.13.0` (the CPU build), or unset MINIRES_REQUIRE_TORCH to let those tests skip"
+        ) from exc
+
 if TEST_DEVICE == "foreign":
     import foreign_device
 
     foreign_device.register()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "device: runs on MINIRES_TEST_DEVICE; `pytest -m device` is the GPU subset under =cuda")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes the ``device`` fixture belongs to the device subset (``-m device``)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
 
 
 @pytest.fixture

@@ -125,7 +125,8 @@ def test_misuse_is_refused(device: str) -> None:
     with pytest.raises(ValueError, match="backoff_factor"):
         amp.GradScaler(backoff_factor=2.0)
     off = amp.GradScaler(enabled=False)
-    assert off.scale(w.sum()) is not None and off.get_scale() == 1.0 and off.state_dict() == {}
+    loss = w.sum()
+    assert off.scale(loss) is loss and off.get_scale() == 1.0 and off.state_dict() == {} and not off.is_enabled()
 
 
 def test_autocast_runs_gemms_in_float16_with_float32_master_grads(device: str) -> None:
@@ -196,3 +197,47 @@ def test_mixed_precision_training_converges(device: str) -> None:
     assert scaler.get_scale() < 2.0**30  # it backed off from the overflowing start
     assert acc16 >= 0.95 and acc32 >= 0.95
     assert loss16 < 0.2 and abs(loss16 - loss32) < 0.05
+
+
+def test_update_with_new_scale_and_the_getters() -> None:
+    scaler = amp.GradScaler(init_scale=8.0, growth_factor=3.0, backoff_factor=0.25, growth_interval=5)
+    assert (scaler.get_scale(), scaler.get_growth_factor(), scaler.get_backoff_factor(), scaler.get_growth_interval()) == (
+        8.0, 3.0, 0.25, 5)
+    assert scaler.is_enabled()
+    scaler.update(new_scale=2.0)  # no step needed: the scale is simply set
+    assert scaler.get_scale() == 2.0
+    w = mr.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    opt = optim.SGD([w], lr=0.1)
+    scaler.scale((w * w).sum()).backward()
+    np.testing.assert_allclose(w.grad.numpy(), 2.0 * 2 * np.array([1.0, 2.0]))  # d(S * sum w^2)/dw with S = 2
+    scaler.step(opt)
+    scaler.update(new_scale=16.0)  # overrides the growth/backoff rule
+    assert scaler.get_scale() == 16.0
+    with pytest.raises(ValueError, match="new_scale must be > 0"):
+        scaler.update(new_scale=0.0)
+    off = amp.GradScaler(enabled=False)
+    off.update(new_scale=4.0)
+    assert off.get_scale() == 1.0
+
+
+def test_autocast_as_a_decorator() -> None:
+    """``@amp.autocast()`` switches float16 compute on for the call and restores the state after it."""
+    x = mr.tensor(np.ones((2, 3), np.float32))
+    w = mr.tensor(np.ones((4, 3), np.float32))
+
+    @amp.autocast()
+    def forward() -> tuple[object, object]:
+        return amp.get_autocast_dtype(), F.linear(x, w).dtype
+
+    assert amp.get_autocast_dtype() is None
+    inside, out_dtype = forward()
+    assert inside == np.float16 and out_dtype == np.float16
+    assert amp.get_autocast_dtype() is None and F.linear(x, w).dtype == np.float32
+
+    @amp.autocast(enabled=False)
+    def off() -> object:
+        return F.linear(x, w).dtype
+
+    with amp.autocast():
+        assert off() == np.float32
+        assert amp.get_autocast_dtype() == np.float16

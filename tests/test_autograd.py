@@ -392,3 +392,29 @@ def test_saved_buffers_are_freed_after_backward_unless_retained(device, retain):
     y.backward(retain_graph=retain)
     gc.collect()
     assert (SavesATemporary.saved_ref() is not None) == retain
+
+
+def test_set_grad_enabled_as_a_function() -> None:
+    """``mr.set_grad_enabled(mode)`` called as a function switches recording for this thread until switched back.
+    (Its use as a context manager, as in PyTorch, is being added separately and is not tested here.)"""
+    import threading
+
+    x = mr.tensor(np.ones(3), requires_grad=True)
+    assert mr.is_grad_enabled()
+    try:
+        mr.set_grad_enabled(False)
+        assert not mr.is_grad_enabled()
+        y = x * 2
+        assert not y.requires_grad and y.grad_fn is None
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(mr.is_grad_enabled()))
+        worker.start()
+        worker.join()
+        assert seen == [True]  # grad mode is per thread
+        mr.set_grad_enabled(True)
+        z = x * 2
+        assert z.requires_grad and z.grad_fn is not None
+        z.sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [2.0, 2.0, 2.0])
+    finally:
+        mr.set_grad_enabled(True)

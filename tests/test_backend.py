@@ -4,6 +4,7 @@ second CPU-like device plugged in through register_backend (how the suite simula
 from __future__ import annotations
 
 import importlib.util
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -81,13 +82,26 @@ def test_registered_device_round_trip(foreign):
     assert mr.tensor([1.0], device=foreign).device == "foreign"
 
 
-def test_cuda_availability_matches_cupy():
-    if not HAS_CUPY:
-        assert mr.cuda.is_available() is False
-        mr.cuda.synchronize()  # a no-op without a GPU
+@pytest.fixture
+def without_cupy(monkeypatch):
+    """Pretend CuPy is not installed (``import cupy`` raises ImportError), even where it is (CI installs it)."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(backend._BACKENDS["cuda"], "_xp", None)
 
 
-@pytest.mark.skipif(HAS_CUPY, reason="cupy is installed here")
+def test_cuda_availability_matches_cupy(without_cupy):
+    assert mr.cuda.is_available() is False
+    mr.cuda.synchronize()  # a no-op without a GPU
+
+
+@pytest.mark.skipif(not HAS_CUPY, reason="needs CuPy installed")
+def test_cupy_without_a_gpu_is_a_clear_error():
+    if mr.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match=r"device 'cuda' is not available: "):
+        mr.zeros(2, device="cuda")
+
+
 @pytest.mark.parametrize("make", [
     lambda: mr.zeros(2, device="cuda"),
     lambda: mr.tensor([1.0], device="cuda"),
@@ -95,7 +109,7 @@ def test_cuda_availability_matches_cupy():
     lambda: mr.ones(2).cuda(),
     lambda: mr.randn(2, device="cuda"),
 ])
-def test_cuda_without_cupy_says_how_to_install(make):
+def test_cuda_without_cupy_says_how_to_install(make, without_cupy):
     with pytest.raises(RuntimeError, match=r"device 'cuda' is not available.*pip install 'minires\[cuda12\]'"):
         make()
 

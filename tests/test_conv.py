@@ -197,8 +197,8 @@ def test_no_grad_for_constant_weight_or_input(device):
             ValueError,
             r"conv2d: input has 4 channels, weight expects 2 \(1 per group x 2 groups\)",
         ),
-        ((1, 3, 5, 5), (6, 1, 3, 3), {"groups": 2}, ValueError, r"conv2d: groups=2 does not divide the input's 3 channels"),
-        ((1, 4, 5, 5), (5, 2, 3, 3), {"groups": 2}, ValueError, r"conv2d: groups=2 does not divide the weight's 5 output"),
+        ((1, 3, 5, 5), (6, 1, 3, 3), {"groups": 2}, ValueError, r"conv2d: groups=2 does not divide the 3 input channels \("),
+        ((1, 4, 5, 5), (5, 2, 3, 3), {"groups": 2}, ValueError, r"conv2d: groups=2 does not divide the 5 output channels"),
         ((1, 4, 5, 5), (4, 4, 3, 3), {"groups": 0}, ValueError, r"conv2d: groups must be a positive int"),
         (
             (1, 2, 2, 2),
@@ -257,10 +257,10 @@ def test_im2col_col2im_errors():
         im2col(np.zeros((1, 1, 2, 2)), 3)
 
 
-def test_output_size_rule_matches_testing_helper():
+def test_output_size_rule_matches_the_documented_formula():
     for size, k, s, p, d in [(7, 3, 2, 1, 1), (8, 3, 3, 0, 2), (5, 1, 2, 0, 1), (32, 3, 2, 1, 1)]:
         y = conv2d(mr.zeros((1, 1, size, size)), mr.zeros((1, 1, k, k)), stride=s, padding=p, dilation=d)
-        assert y.shape[2] == conv_output_size(size, k, s, p, d)
+        assert y.shape[2] == (size + 2 * p - d * (k - 1) - 1) // s + 1 == conv_output_size(size, k, s, p, d)
 
 
 @settings(FIXTURE_OK, max_examples=10)

@@ -172,29 +172,51 @@ def test_prefetch_gives_same_batches_as_synchronous() -> None:
     assert _wait_no_threads()
 
 
-class _CountingDataset(ArrayDataset):
+class _LeadDataset(ArrayDataset):
+    """Records how far the prefetch thread ever ran ahead of the consumer (``consumed`` is set by the test)."""
+
     def __init__(self, n: int) -> None:
         super().__init__(np.zeros((n, 1, 2, 2), np.float32), np.zeros(n, np.int64))
         self.calls = 0
+        self.consumed = 0
+        self.max_lead = 0
 
     def get_batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls += 1
+        self.max_lead = max(self.max_lead, self.calls - self.consumed)
         return super().get_batch(indices)
 
 
-def test_prefetch_queue_depth_is_bounded() -> None:
-    ds = _CountingDataset(100)
-    it = iter(DataLoader(ds, batch_size=1, prefetch=2))
-    next(it)
-    time.sleep(0.3)
-    assert ds.calls <= 1 + 2 + 1  # delivered + queued + one waiting for room
+def _wait_for(condition: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+def test_prefetch_queue_depth_is_bounded(prefetch: int) -> None:
+    """After each batch the consumer waits until the thread has filled the queue and holds one more batch
+    waiting for room (a lower bound, so no timing can fail it); the thread never gets further ahead than
+    that: ``prefetch`` queued + one in hand. ``consumed`` counts a batch as soon as it is asked for, so the
+    thread's loading of the next batch the moment one is taken is never counted as running ahead."""
+    n = 12
+    ds = _LeadDataset(n)
+    it = iter(DataLoader(ds, batch_size=1, prefetch=prefetch))
+    for _ in range(n):
+        ds.consumed += 1
+        next(it)
+        assert _wait_for(lambda: ds.calls >= min(n, ds.consumed + prefetch + 1)), "the thread did not fill its queue"
+    assert ds.max_lead == prefetch + 1
     it.close()
     assert _wait_no_threads()
 
 
 def test_early_break_does_not_hang() -> None:
     def run() -> int:
-        loader = DataLoader(_CountingDataset(1000), batch_size=2, prefetch=2)
+        loader = DataLoader(_LeadDataset(1000), batch_size=2, prefetch=2)
         count = 0
         for _ in range(3):  # break three epochs early, each leaving a worker blocked on a full queue
             for _batch in loader:

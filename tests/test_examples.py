@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import re
@@ -57,21 +60,38 @@ def test_skip_connection_gradients(tmp_path: Path) -> None:
 
 def test_depth_sweep(tmp_path: Path) -> None:
     out = run_example("depth_sweep", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
     for name in ("plain", "residual", "plain, no BN", "residual, no BN"):
         for depth in (8, 20):
-            row = re.search(rf"^{re.escape(name)}\s+{depth}\s+({FLOAT})\s+({FLOAT})\s+({FLOAT})", out, re.M)
+            row = re.search(rf"^{re.escape(name)}\s+{depth}" + rf"\s+({FLOAT})" * 6, out, re.M)
             assert row, f"no row for {name} depth {depth}"
-            assert all(float(v) > 0 for v in row.groups())
+            loss, first, last, ratio, rms_first, rms_last = map(float, row.groups())
+            r = results[name][str(depth)]
+            # the table shows the saved measurements, and its ratio column is their ratio
+            assert loss == pytest.approx(r["loss"], rel=1e-3) and first == pytest.approx(r["first_grad"], rel=1e-3)
+            assert ratio == pytest.approx(r["first_grad"] / r["last_grad"], rel=1e-3)
+            assert len(r["block_rms"]) == (depth - 2) // 2  # one value per two-conv block
+            if name == "plain":  # each block ends in relu(BN(.)) with unit scale: RMS of relu(N(0, 1)) = sqrt(1/2)
+                assert 0.6 < rms_first < 0.8 and 0.6 < rms_last < 0.8
+            if name.startswith("residual"):  # x + F(x) adds variance block after block
+                assert rms_last > rms_first
     assert (tmp_path / "depth_sweep.png").stat().st_size > 0
 
 
 def test_degradation(tmp_path: Path) -> None:
     out = run_example("degradation", tmp_path)
-    for name in ("plain-20", "resnet-20"):
-        row = re.search(rf"^{name}\s+({FLOAT})\s+({FLOAT})%\s+({FLOAT})%", out, re.M)
-        assert row and 0 <= float(row.group(2)) <= 100
     curves = json.loads((tmp_path / "results.json").read_text())["curves"]
     assert set(curves) == {"plain-20", "resnet-20"} and len(curves["plain-20"]) == 1
+    for name in ("plain-20", "resnet-20"):
+        row = re.search(rf"^{name}\s+({FLOAT})\s+({FLOAT})%\s+({FLOAT})%", out, re.M)
+        assert row, f"no row for {name}"
+        last = curves[name][-1]
+        # the table is the last epoch's record; accuracies are counts over the 256 training / 360 test digits
+        assert float(row.group(1)) == pytest.approx(last["train_loss"], abs=1e-4)
+        assert float(row.group(2)) == pytest.approx(100 * (1 - last["train_acc"]), abs=0.01)
+        assert float(row.group(3)) == pytest.approx(100 * (1 - last["test_acc"]), abs=0.01)
+        assert last["train_acc"] * 256 == pytest.approx(round(last["train_acc"] * 256))
+        assert last["test_acc"] * 360 == pytest.approx(round(last["test_acc"] * 360))
     assert (tmp_path / "degradation.png").stat().st_size > 0
 
 
@@ -89,8 +109,11 @@ def test_train_cifar(tmp_path: Path) -> None:
     out = run_example("train_cifar", tmp_path)
     assert "NOT CIFAR-10" in out  # says that the quick run trains on digits
     assert re.search(r"resnet18\s+11,173,962 parameters", out)
-    assert 0 <= number_after("test accuracy", out) <= 100
-    assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "checkpoint.npz").exists()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # the printed accuracy is the run's last test accuracy, a count over the 360 test digits
+    assert number_after("test accuracy", out) == pytest.approx(100 * records[-1]["test_acc"], abs=0.01)
+    assert records[-1]["test_acc"] * 360 == pytest.approx(round(records[-1]["test_acc"] * 360))
+    assert (tmp_path / "checkpoint.npz").exists()
 
 
 def test_train_cifar_without_data_dir_refuses_a_full_run(tmp_path: Path) -> None:
@@ -101,9 +124,17 @@ def test_train_cifar_without_data_dir_refuses_a_full_run(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("name", ["autograd_from_scratch", "skip_connection_gradients", "depth_sweep", "degradation",
                                   "custom_op_gradcheck", "train_cifar"])
-def test_example_has_main_and_quick_flag(name: str) -> None:
-    source = (EXAMPLES / f"{name}.py").read_text()
-    assert "def main(argv" in source and '"--quick"' in source and '"--out"' in source
+def test_example_has_main_and_quick_flag(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each example is importable and offers main(argv) with --quick and --out (as its --help shows)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # as when run as a script: examples import their shared helpers
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the examples run nothing on import (main is behind __name__ == "__main__")
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--quick" in shown.getvalue() and "--out" in shown.getvalue()
 
 
 def test_weights_flag_with_a_minires_file(tmp_path: Path) -> None:

@@ -177,7 +177,7 @@ REPRESENTATIVE = [
     "test_ops_linalg.py", "test_creation.py", "test_conv.py", "test_pooling.py", "test_normalization.py", "test_losses.py",
     "test_linear.py", "test_dropout.py", "test_layers.py", "test_init.py", "test_module.py", "test_optim.py",
     "test_clip_grad.py", "test_data_loader.py", "test_transforms.py", "test_serialization.py", "test_state_dict.py",
-    "test_bad_input.py", "test_backend.py", "test_amp.py",
+    "test_bad_input.py", "test_backend.py", "test_amp.py", "test_winograd.py",
 ]
 
 

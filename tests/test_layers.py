@@ -105,9 +105,9 @@ def test_conv2d_same_padding_and_backward(device: str) -> None:
 
 
 def test_conv2d_constructor_errors() -> None:
-    with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
+    with pytest.raises(ValueError, match=r"Conv2d: groups=2 does not divide the 3 input channels"):
         nn.Conv2d(3, 4, 3, groups=2)
-    with pytest.raises(ValueError, match="out_channels must be divisible by groups"):
+    with pytest.raises(ValueError, match=r"Conv2d: groups=2 does not divide the 3 output channels"):
         nn.Conv2d(4, 3, 3, groups=2)
     with pytest.raises(NotImplementedError, match="padding_mode='reflect'"):
         nn.Conv2d(1, 1, 3, padding_mode="reflect")

@@ -184,15 +184,20 @@ def stage_sizes(size: int, stem: str) -> list[int]:
 @pytest.mark.parametrize("name", list(TORCHVISION_LAYOUT))
 @pytest.mark.parametrize("size", [32, 224])
 def test_torchvision_forward_shapes(name: str, size: int) -> None:
-    model = torchvision_model(name).eval()
+    model = torchvision_model(name)  # shared with other tests: leave it in training mode, as built
+    assert model.training
     widths = [64 * 2**i * (4 if TORCHVISION_LAYOUT[name][1] else 1) for i in range(4)]
     seen: dict[str, tuple[int, ...]] = {}
     handles = [getattr(model, f"layer{i}").register_forward_hook(
         lambda m, a, o, i=i: seen.__setitem__(f"layer{i}", o.shape)) for i in range(1, 5)]
-    with mr.no_grad():
-        out = model(mr.randn(1, 3, size, size))
-    for h in handles:
-        h.remove()
+    model.eval()  # a batch of one: BatchNorm needs the running statistics
+    try:
+        with mr.no_grad():
+            out = model(mr.randn(1, 3, size, size))
+    finally:
+        model.train()
+        for h in handles:
+            h.remove()
     assert out.shape == (1, 1000)
     for i, (width, n) in enumerate(zip(widths, stage_sizes(size, "imagenet")), start=1):
         assert seen[f"layer{i}"] == (1, width, n, n)

@@ -304,7 +304,13 @@ def test_deepcopy_makes_independent_module() -> None:
 
 
 def test_nn_utils_is_reachable() -> None:
-    assert callable(nn.utils.clip_grad_norm_)
+    p = nn.Parameter(mr.zeros(4, dtype=mr.float64))
+    p.grad = mr.tensor(np.array([3.0, 0.0, 4.0, 0.0]))
+    total = nn.utils.clip_grad_norm_([p], max_norm=1.0)
+    assert float(total) == pytest.approx(5.0)
+    np.testing.assert_allclose(p.grad.numpy(), [0.6, 0.0, 0.8, 0.0], rtol=1e-5)
+    nn.utils.clip_grad_value_([p], 0.7)
+    np.testing.assert_allclose(p.grad.numpy(), [0.6, 0.0, 0.7, 0.0], rtol=1e-5)
 
 
 @pytest.fixture

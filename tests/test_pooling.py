@@ -164,14 +164,15 @@ def test_avg_pool_gradcheck(device, cfg, count_include_pad, seed):
 
 def test_avg_pool_ceil_mode_divisor_as_pytorch(device):
     """5 wide, kernel 2, stride 2, ceil_mode: the last window holds one real pixel and divides by 1."""
-    x = np.arange(5.0).reshape(1, 1, 1, 5)
+    x = np.arange(1.0, 6.0).reshape(1, 1, 1, 5)  # 1..5: no zero, so a counted pad pixel changes the mean
     y = avg_pool2d(_t(x, device), (1, 2), stride=(1, 2), ceil_mode=True)
-    np.testing.assert_allclose(to_numpy(y.data)[0, 0, 0], [0.5, 2.5, 4.0])
-    # with padding 1 and count_include_pad the left window counts its pad pixel: (0 + 0) / 2
+    np.testing.assert_allclose(to_numpy(y.data)[0, 0, 0], [1.5, 3.5, 5.0])
+    # with padding 1 and count_include_pad the left window counts its pad pixel: (0 + 1) / 2
     y = avg_pool2d(_t(x, device), (1, 2), stride=(1, 2), padding=(0, 1))
-    np.testing.assert_allclose(to_numpy(y.data)[0, 0, 0], [0.0, 1.5, 3.5])
+    np.testing.assert_allclose(to_numpy(y.data)[0, 0, 0], [0.5, 2.5, 4.5])
+    # without it the pad pixel is left out of the divisor too: 1 / 1
     y = avg_pool2d(_t(x, device), (1, 2), stride=(1, 2), padding=(0, 1), count_include_pad=False)
-    np.testing.assert_allclose(to_numpy(y.data)[0, 0, 0], [0.0, 1.5, 3.5])
+    np.testing.assert_allclose(to_numpy(y.data)[0, 0, 0], [1.0, 2.5, 4.5])
 
 
 # ----------------------------------------------------------------------------------- adaptive pools

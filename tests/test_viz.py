@@ -17,6 +17,7 @@ from minires.viz import (
     GraphvizNotFoundWarning,
     SkipProbe,
     format_skip_table,
+    param_names,
     plot_gradient_flow,
     render,
     to_dot,
@@ -81,7 +82,7 @@ def test_to_dot_resnet_names_parameters_and_finds_every_block() -> None:
     for name, p in model.named_parameters():
         assert any(label.startswith(f"{name}\\n({', '.join(map(str, p.shape))}") for label in labels), name
     assert dot.count("skip rejoins") == 3  # one per BasicBlock (1 per stage at depth 8)
-    assert "Conv2dBackward" in dot and "BatchNormBackward" in dot
+    assert "Conv2dBackward" in dot and "BatchNormTrainBackward" in dot
     # option-A shortcut paths (GetItem, Pad) are on the identity path and styled
     assert dot.count("penwidth") >= 3 + 2 * 3
 
@@ -250,3 +251,15 @@ def test_skip_table_footnote_names_the_shortcut_that_reads_the_preactivation() -
     assert "layer2.0*" in text and "layer1.0*" not in text
     footnote = text.splitlines()[-1]
     assert footnote.startswith("*") and "option A" in footnote and "projection" not in footnote
+
+
+def test_param_names_from_a_module_and_from_a_mapping() -> None:
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))
+    names = param_names(model)
+    assert names == {id(p): name for name, p in [("0.weight", model[0].weight), ("0.bias", model[0].bias),
+                                                  ("2.weight", model[2].weight), ("2.bias", model[2].bias)]}
+    w = mr.randn(2, 2)
+    assert param_names({"w": w}) == {id(w): "w"}
+    assert param_names(None) == {}
+    with pytest.raises(TypeError, match="must be a Module or a"):
+        param_names([w])

@@ -99,7 +99,8 @@ class Node:
 
     @property
     def name(self) -> str:
-        return self.function.__name__
+        """The op's name in ``<ReLUBackward>`` and graph labels: the class name less a ``Function`` suffix."""
+        return self.function.__name__.removesuffix("Function")
 
     def release(self) -> None:
         """Drop what forward saved: backward through this node is no longer possible."""

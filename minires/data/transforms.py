@@ -20,21 +20,13 @@ import numpy as np
 
 from minires import backend
 from minires import random as mr_random
+from minires.ops.geometry import pair
 
 
 def _make_rng(rng: np.random.Generator | int | None) -> np.random.Generator | None:
     if rng is None or isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(int(rng))
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{name}: expected an int or a pair (height, width), got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def _check_batch(name: str, x: Any) -> None:
@@ -77,7 +69,7 @@ class RandomCrop(Transform):
         rng: np.random.Generator | int | None = None,
     ) -> None:
         super().__init__(rng)
-        self.size = _pair(size, "RandomCrop: size")
+        self.size = pair("RandomCrop", "size", size, 1)
         self.padding = int(padding)
         if self.padding < 0:
             raise ValueError(f"RandomCrop: padding must be >= 0, got {padding}")

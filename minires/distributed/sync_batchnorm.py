@@ -123,7 +123,9 @@ def sync_batch_norm(
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
     for what, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        _check_channel_vector(name, what, t, x.shape[1], x)
+        _check_channel_vector(name, what, t, x)  # the shape (issue 17's signature); the device below
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
     rm = None if running_mean is None else running_mean.data
     rv = None if running_var is None else running_var.data
     return SyncBatchNormFunction.apply(x, weight, bias, rm, rv, float(momentum), float(eps), world())

@@ -31,6 +31,7 @@ from typing import Callable
 
 import minires.nn as nn
 from minires.ops import pad
+from minires.ops.cuda import use_fast_kernels
 from minires.tensor import Tensor
 
 NormLayer = Callable[[int], nn.Module]
@@ -138,12 +139,33 @@ class _ResidualBlock(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._fused_tail(x):  # GPU: last BN + add + ReLU in one kernel pass, same result
+            return self._last_norm().forward_add_relu(self._branch_before_last_norm(x), self.shortcut(x))
         out = self.branch(x)
         if self.add is None:  # plain: no skip connection
             return self.relu(out)
         identity = self.shortcut(x)
         out = self.add(out, identity)
         return self.relu(out)
+
+    def _last_norm(self) -> nn.Module:
+        """The norm layer that ends the branch (defined by each block)."""
+        raise NotImplementedError
+
+    def _branch_before_last_norm(self, x: Tensor) -> Tensor:
+        """The branch up to (not including) its last norm layer (defined by each block)."""
+        raise NotImplementedError
+
+    def _fused_tail(self, x: Tensor) -> bool:
+        """Whether ``relu(last_norm(...) + shortcut)`` may run as one fused op: on arrays with fast kernels
+        (a GPU), for a skip block whose last norm is a plain ``BatchNorm2d`` and ReLU a plain ``nn.ReLU``,
+        and only while no hooks watch those layers or the add (hooks see exactly what the unfused path gives)."""
+        if self.add is None or not use_fast_kernels(x.data, "batch_norm"):
+            return False
+        norm = self._last_norm()
+        if type(norm) is not nn.BatchNorm2d or type(self.relu) is not nn.ReLU:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in (norm, self.add, self.relu))
 
 
 class BasicBlock(_ResidualBlock):
@@ -180,8 +202,13 @@ class BasicBlock(_ResidualBlock):
         self.stride = stride
 
     def branch(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out))
+        return self.bn2(self._branch_before_last_norm(x))
+
+    def _branch_before_last_norm(self, x: Tensor) -> Tensor:
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
+
+    def _last_norm(self) -> nn.Module:
+        return self.bn2
 
     def zero_init_last(self) -> None:
         """Start the block as (almost) the identity: zero the last BatchNorm's scale, so F(x) = 0."""
@@ -223,9 +250,14 @@ class Bottleneck(_ResidualBlock):
         self.stride = stride
 
     def branch(self, x: Tensor) -> Tensor:
+        return self.bn3(self._branch_before_last_norm(x))
+
+    def _branch_before_last_norm(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
+        return self.conv3(self.relu(self.bn2(self.conv2(out))))
+
+    def _last_norm(self) -> nn.Module:
+        return self.bn3
 
     def zero_init_last(self) -> None:
         """Start the block as (almost) the identity: zero the last BatchNorm's scale, so F(x) = 0."""

@@ -10,7 +10,7 @@ from minires.ops._util import as_tensor, check_float, normalize_axes, quiet
 from minires.tensor import Tensor
 
 
-class ReLU(Function):
+class ReLUFunction(Function):
     """max(x, 0). Convention at the kink: the gradient at exactly x == 0 is 0 (as PyTorch)."""
 
     @staticmethod
@@ -25,7 +25,7 @@ class ReLU(Function):
         return g * mask
 
 
-class LeakyReLU(Function):
+class LeakyReLUFunction(Function):
     """x if x > 0 else slope * x; the gradient at exactly 0 is ``slope`` (as PyTorch)."""
 
     @staticmethod
@@ -41,7 +41,7 @@ class LeakyReLU(Function):
         return xp_of(g).where(mask, g, g * g.dtype.type(ctx.slope)), None
 
 
-class Sigmoid(Function):
+class SigmoidFunction(Function):
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
         xp = xp_of(x)
@@ -57,7 +57,7 @@ class Sigmoid(Function):
         return g * out * (1 - out)
 
 
-class Tanh(Function):
+class TanhFunction(Function):
     @staticmethod
     def forward(ctx: Context, x: Any) -> Any:
         out = xp_of(x).tanh(x)
@@ -70,7 +70,7 @@ class Tanh(Function):
         return g * (1 - out * out)
 
 
-class Softmax(Function):
+class SoftmaxFunction(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, dim: int) -> Any:
         xp = xp_of(x)
@@ -87,7 +87,7 @@ class Softmax(Function):
         return out * (g - (g * out).sum(axis=ctx.dim, keepdims=True)), None
 
 
-class LogSoftmax(Function):
+class LogSoftmaxFunction(Function):
     """x - logsumexp(x), computed after subtracting the max so it never overflows."""
 
     @staticmethod
@@ -110,25 +110,25 @@ class LogSoftmax(Function):
 def relu(x: Tensor) -> Tensor:
     x = as_tensor(x)
     check_float("relu", x)
-    return ReLU.apply(x)
+    return ReLUFunction.apply(x)
 
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     x = as_tensor(x)
     check_float("leaky_relu", x)
-    return LeakyReLU.apply(x, float(negative_slope))
+    return LeakyReLUFunction.apply(x, float(negative_slope))
 
 
 def sigmoid(x: Tensor) -> Tensor:
     x = as_tensor(x)
     check_float("sigmoid", x)
-    return Sigmoid.apply(x)
+    return SigmoidFunction.apply(x)
 
 
 def tanh(x: Tensor) -> Tensor:
     x = as_tensor(x)
     check_float("tanh", x)
-    return Tanh.apply(x)
+    return TanhFunction.apply(x)
 
 
 def _one_dim(name: str, x: Tensor, dim: Any) -> int:
@@ -143,10 +143,10 @@ def _one_dim(name: str, x: Tensor, dim: Any) -> int:
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     x = as_tensor(x)
     check_float("softmax", x)
-    return Softmax.apply(x, _one_dim("softmax", x, dim))
+    return SoftmaxFunction.apply(x, _one_dim("softmax", x, dim))
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     x = as_tensor(x)
     check_float("log_softmax", x)
-    return LogSoftmax.apply(x, _one_dim("log_softmax", x, dim))
+    return LogSoftmaxFunction.apply(x, _one_dim("log_softmax", x, dim))

@@ -21,62 +21,21 @@ memory. Elementwise ops keep that layout; anything that needs C-contiguous memor
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
 
+from minires import backends
 from minires.amp import cast_to_compute
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
+from minires.ops import winograd
+from minires.ops._parallel import over_batch
 from minires.ops._util import as_tensor, check_float
-from minires.ops.cuda import kernels as cuda_kernels
+from minires.ops.cuda import launch as cuda_launch
 from minires.ops.cuda import use_fast_kernels
+from minires.ops.geometry import IntPair, Window2d
 from minires.tensor import Tensor
-
-IntPair = int | tuple[int, int]
-
-
-def _pair(name: str, what: str, value: Any, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints as a pair, each at least ``minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: {what} must be an int or a pair of ints, got {value!r}")
-    try:
-        pair = (int(value), int(value)) if not hasattr(value, "__len__") else tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: {what} must be an int or a pair of ints, got {value!r}") from None
-    if len(pair) == 1:
-        pair = (pair[0], pair[0])
-    if len(pair) != 2:
-        raise ValueError(f"{name}: {what} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name}: {what} must be >= {minimum}, got {value!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _output_size(
-    name: str,
-    size: tuple[int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-) -> tuple[int, int]:
-    """PyTorch's output-size rule; raises when the padded input is smaller than the dilated kernel."""
-    padded = (size[0] + pads[0] + pads[1], size[1] + pads[2] + pads[3])
-    reach = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
-    if padded[0] < reach[0] or padded[1] < reach[1]:
-        raise ValueError(
-            f"{name}: input size {size} (padded {padded}) is smaller than the dilated kernel {reach} "
-            f"(kernel {kernel}, dilation {dilation})"
-        )
-    return ((padded[0] - reach[0]) // stride[0] + 1, (padded[1] - reach[1]) // stride[1] + 1)
-
-
-def _pads(padding: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Symmetric (pH, pW) as (top, bottom, left, right)."""
-    return (padding[0], padding[0], padding[1], padding[1])
 
 
 def _as_strided(xp: Any, a: Any, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
@@ -84,44 +43,21 @@ def _as_strided(xp: Any, a: Any, shape: tuple[int, ...], strides: tuple[int, ...
 
 
 _CHUNK_BYTES = 1 << 20  # ~1 MiB of padded input per chunk: it stays in cache while its offsets are copied
-_pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
-
-
-def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _over_batch(xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], None]) -> None:
-    """Run ``work(start, stop)`` over chunks of the batch axis.
-
-    On numpy the chunks are cache-sized and shared by a thread pool (numpy releases the GIL in
-    copies and ufunc loops, so the memory-bound im2col/col2im passes use every core, as BLAS does);
-    on cupy it is one call over the whole batch.
-    """
-    global _pool
-    threads = _threads()
-    if xp is not np or n < 2 or threads < 2:
-        work(0, n)
-        return
-    chunk = max(1, min(-(-n // threads), _CHUNK_BYTES // max(sample_bytes, 1)))
-    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
-        _pool = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="minires-conv"))
-    list(_pool[1].map(lambda a: work(a, min(a + chunk, n)), range(0, n, chunk)))
+    """Run ``work(start, stop)`` over cache-sized chunks of the batch, shared by the cores (numpy only)."""
+    over_batch(xp, n, sample_bytes, work, _CHUNK_BYTES)
 
 
-def _im2col(
-    x: Any, kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int]
-) -> Any:
-    """im2col with (top, bottom, left, right) padding; see :func:`im2col`."""
+def _im2col(x: Any, window: Window2d) -> Any:
+    """im2col of x (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`im2col`."""
     xp = xp_of(x)
     n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    oh, ow = _output_size("im2col", (h, w), kernel, stride, pads, dilation)
-    if use_fast_kernels(x):  # cuda arrays: one CuPy kernel (minires/ops/cuda/kernels.py); this code is its reference
-        return cuda_kernels.im2col(x, kernel, stride, pads, dilation)
+    (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
+    oh, ow = window.output_size
+    if use_fast_kernels(x, "im2col"):  # cuda arrays: one CUDA kernel (minires/ops/cuda/); this code is its reference
+        return cuda_launch.im2col(x, window)
     nhwc = x.transpose(0, 2, 3, 1)  # a view; contiguous already when x is channels-last
     if kh == kw == 1 and not any(pads):  # 1x1: the columns are the (strided) pixels themselves
         return xp.ascontiguousarray(nhwc[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]).reshape(n * oh * ow, c)
@@ -147,26 +83,19 @@ def _im2col(
     return out.reshape(n * oh * ow, kh * kw * c)
 
 
-def _col2im(
-    cols: Any,
-    input_shape: tuple[int, int, int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-) -> Any:
-    """col2im with (top, bottom, left, right) padding; see :func:`col2im`."""
+def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
+    """col2im onto ``input_shape`` (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`col2im`."""
     xp = xp_of(cols)
     n, c, h, w = input_shape
-    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    oh, ow = _output_size("col2im", (h, w), kernel, stride, pads, dilation)
+    (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
+    oh, ow = window.output_size
     if tuple(cols.shape) != (n * oh * ow, kh * kw * c):
         raise ValueError(
             f"col2im: expected columns of shape {(n * oh * ow, kh * kw * c)} for input shape {tuple(input_shape)}, "
             f"got {tuple(cols.shape)}"
         )
-    if use_fast_kernels(cols):  # cuda arrays: a deterministic gather kernel; this code is its reference
-        return cuda_kernels.col2im(cols, input_shape, kernel, stride, pads, dilation)
+    if use_fast_kernels(cols, "col2im"):  # cuda arrays: a deterministic gather kernel; this code is its reference
+        return cuda_launch.col2im(cols, input_shape, window)
     blocks = cols.reshape(n, oh, ow, kh, kw, c)
     pt, pb, pl, pr = pads
     if kh == kw == 1 and sh == sw == 1 and not any(pads):
@@ -200,13 +129,7 @@ def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair =
     """
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"im2col: expected a 4-D (N, C, H, W) array, got shape {tuple(getattr(x, 'shape', ()))}")
-    return _im2col(
-        x,
-        _pair("im2col", "kernel_size", kernel_size, 1),
-        _pair("im2col", "stride", stride, 1),
-        _pads(_pair("im2col", "padding", padding, 0)),
-        _pair("im2col", "dilation", dilation, 1),
-    )
+    return _im2col(x, Window2d.of("im2col", x.shape[2:], kernel_size, stride, padding, dilation))
 
 
 def col2im(
@@ -225,16 +148,10 @@ def col2im(
     runs over the kH*kW kernel offsets, each adding one strided block (no scatter-add).
     The result is a channels-last view (values NCHW, memory NHWC) of a new array.
     """
-    if len(tuple(input_shape)) != 4:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4:
         raise ValueError(f"col2im: input_shape must be (N, C, H, W), got {tuple(input_shape)}")
-    return _col2im(
-        cols,
-        tuple(int(s) for s in input_shape),  # type: ignore[arg-type]
-        _pair("col2im", "kernel_size", kernel_size, 1),
-        _pair("col2im", "stride", stride, 1),
-        _pads(_pair("col2im", "padding", padding, 0)),
-        _pair("col2im", "dilation", dilation, 1),
-    )
+    return _col2im(cols, shape, Window2d.of("col2im", shape[2:], kernel_size, stride, padding, dilation))  # type: ignore[arg-type]
 
 
 _PIXEL_CHUNK = 8192
@@ -253,8 +170,83 @@ def _pixel_sum_matmul(a: Any, b: Any) -> Any:
     return out
 
 
-class Conv2d(Function):
-    """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring)."""
+def check_groups(op: str, groups: Any, in_channels: int, out_channels: int, shapes: str = "") -> None:
+    """``groups`` must be a positive int dividing both channel counts (``shapes`` is added to the message)."""
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if in_channels % groups:
+        raise ValueError(f"{op}: groups={groups} does not divide the {in_channels} input channels{shapes}")
+    if out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} does not divide the {out_channels} output channels{shapes}")
+
+
+def _check_conv_arguments(
+    x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any, groups: Any
+) -> Window2d:
+    """Every check of a conv2d call on raw arrays, worded ``conv2d: ...``; returns the checked window."""
+    name = "conv2d"
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D weight (O, C/groups, kH, kW), got shape {tuple(weight.shape)}")
+    check_float(name, x)
+    check_float(name, weight)
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"{name}: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one (e.g. x.to(dtype=weight.dtype))"
+        )
+    o, cg, kh, kw = weight.shape
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{name}: kernel size must be at least 1x1, got {kh}x{kw} (weight shape {tuple(weight.shape)})")
+    c = x.shape[1]
+    check_groups(name, groups, c, o, f" (input shape {tuple(x.shape)}, weight shape {tuple(weight.shape)})")
+    if c != cg * groups:
+        expects = f"{cg}" if groups == 1 else f"{cg * groups} ({cg} per group x {groups} groups)"
+        raise ValueError(f"{name}: input has {c} channels, weight expects {expects} (weight shape {tuple(weight.shape)})")
+    if bias is not None:
+        if tuple(bias.shape) != (o,):
+            raise ValueError(f"{name}: bias must have shape ({o},) for weight shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{name}: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
+    return Window2d.of(name, x.shape[2:], (kh, kw), stride, padding, dilation, padding_strings=True)
+
+
+def conv_input_grad(ctx: Context, grad: Any, gmat: Any) -> Any:
+    """dL/dx of :class:`Conv2dFunction`: col2im of ``dcols = dout @ W2`` (im2col), or Winograd's adjoint convolution."""
+    xp = xp_of(grad)
+    window, groups = ctx.window, ctx.groups
+    if ctx.algorithm == "winograd":
+        return winograd.conv3x3_input_grad(grad, ctx.saved_tensors[1], window.padding)
+    wmat = ctx.saved_tensors[1]
+    n, c = ctx.x_shape[:2]
+    cg, og = c // groups, grad.shape[1] // groups
+    group_shape = (n, cg) + tuple(ctx.x_shape[2:])
+    parts = [_col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, window) for g in range(groups)]
+    return parts[0] if groups == 1 else xp.concatenate(parts, axis=1)
+
+
+def conv_weight_grad(ctx: Context, grad: Any, gmat: Any) -> Any:
+    """dL/dweight of :class:`Conv2dFunction`: ``dW2 = dout.T @ cols`` (im2col), or Winograd's tile-wise products."""
+    xp = xp_of(grad)
+    window, groups = ctx.window, ctx.groups
+    if ctx.algorithm == "winograd":
+        return winograd.conv3x3_weight_grad(ctx.saved_tensors[0], grad, window.padding)
+    cols = ctx.saved_tensors[0]
+    o = grad.shape[1]
+    cg, og = ctx.x_shape[1] // groups, o // groups
+    gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
+    return xp.ascontiguousarray(gw_t.reshape(window.kernel[0], window.kernel[1], cg, o).transpose(3, 2, 0, 1))
+
+
+class Conv2dFunction(Function):
+    """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring).
+
+    ``Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, groups)`` takes :func:`conv2d`'s
+    arguments, all positional (bias may be None; a 4-D input), and checks them all; :func:`conv2d`
+    adds defaults, unbatched input and autocast on top. 3x3 stride-1 convolutions may run as Winograd
+    F(2x2, 3x3) instead (:mod:`minires.ops.winograd`), chosen per call by
+    :func:`minires.backends.choose_conv_algorithm`; both compute the same values.
+    """
 
     @staticmethod
     def forward(
@@ -262,69 +254,48 @@ class Conv2d(Function):
         x: Any,
         weight: Any,
         bias: Any,
-        stride: tuple[int, int],
-        pads: tuple[int, int, int, int],
-        dilation: tuple[int, int],
+        stride: Any,
+        padding: Any,
+        dilation: Any,
         groups: int,
     ) -> Any:
+        window = _check_conv_arguments(x, weight, bias, stride, padding, dilation, groups)
         xp = xp_of(x)
         n, c, h, w = x.shape
         o, cg, kh, kw = weight.shape
         og = o // groups
-        oh, ow = _output_size("conv2d", (h, w), (kh, kw), stride, pads, dilation)
+        oh, ow = window.output_size
+        ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
+        ctx.algorithm = backends.choose_conv_algorithm(
+            xp, x.dtype, window.kernel, window.stride, window.padding, window.dilation, groups
+        )
+        if ctx.algorithm == "winograd":  # keeps x and weight only: backward recomputes the tiles chunk by chunk
+            out = winograd.conv3x3(x, winograd.weight_transform(weight), window.padding)
+            if bias is not None:
+                out += bias[:, None, None]
+            ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
+            return out
         # (O, kH, kW, C/g) -> (O, kH*kW*C/g): matches the columns' (offset, channel) order.
         wmat = xp.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(o, kh * kw * cg)
-        cols = [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, (kh, kw), stride, pads, dilation) for g in range(groups)]
+        cols = [_im2col(x[:, g * cg : (g + 1) * cg] if groups > 1 else x, window) for g in range(groups)]
         if groups == 1:
             out = cols[0] @ wmat.T
         else:
             out = xp.concatenate([cols[g] @ wmat[g * og : (g + 1) * og].T for g in range(groups)], axis=1)
         if bias is not None:
             out += bias
-        ctx.geometry = (x.shape, (kh, kw), stride, pads, dilation, groups)
         ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, wmat if ctx.needs_input_grad[0] else None)
         return out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
         xp = xp_of(grad)
-        cols, wmat = ctx.saved_tensors
-        x_shape, kernel, stride, pads, dilation, groups = ctx.geometry
-        n, c, _, _ = x_shape
         o = grad.shape[1]
-        cg, og = c // groups, o // groups
         gmat = xp.ascontiguousarray(grad.transpose(0, 2, 3, 1)).reshape(-1, o)  # free if channels-last
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            group_shape = (n, cg) + tuple(x_shape[2:])
-            parts = [
-                _col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, kernel, stride, pads, dilation)
-                for g in range(groups)
-            ]
-            gx = parts[0] if groups == 1 else xp.concatenate(parts, axis=1)
-        if ctx.needs_input_grad[1]:
-            gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
-            gw = xp.ascontiguousarray(gw_t.reshape(kernel[0], kernel[1], cg, o).transpose(3, 2, 0, 1))
-        if ctx.needs_input_grad[2]:
-            gb = gmat.sum(axis=0)
+        gx = conv_input_grad(ctx, grad, gmat) if ctx.needs_input_grad[0] else None
+        gw = conv_weight_grad(ctx, grad, gmat) if ctx.needs_input_grad[1] else None
+        gb = gmat.sum(axis=0) if ctx.needs_input_grad[2] else None
         return gx, gw, gb, None, None, None, None
-
-
-def _resolve_padding(
-    padding: Any, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """``padding`` (int, pair, "same" or "valid") as (top, bottom, left, right), as PyTorch pads."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions (stride {stride})")
-            total = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
-            # PyTorch puts the odd extra row/column at the bottom/right.
-            return (total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2)
-        raise ValueError(f"conv2d: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
-    return _pads(_pair("conv2d", "padding", padding, 0))
 
 
 def conv2d(
@@ -343,6 +314,7 @@ def conv2d(
     ``stride``/``padding``/``dilation`` are ints or pairs; ``padding`` may also be "valid" (0) or
     "same" (output size = input size; stride must be 1; an odd total goes bottom/right).
     The output is a channels-last view (values NCHW, memory NHWC); see the module docstring.
+    Arguments are checked by :class:`Conv2dFunction`.
     """
     x = as_tensor(x)
     weight = as_tensor(weight, like=x)
@@ -350,42 +322,7 @@ def conv2d(
     if x.ndim == 3:  # unbatched (C, H, W)
         y = conv2d(x.reshape(1, *x.shape), weight, bias, stride, padding, dilation, groups)
         return y.reshape(*y.shape[1:])
-    if x.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
-    if weight.ndim != 4:
-        raise ValueError(f"conv2d: expected a 4-D weight (O, C/groups, kH, kW), got shape {tuple(weight.shape)}")
-    check_float("conv2d", x)
-    check_float("conv2d", weight)
-    if x.dtype != weight.dtype:
-        raise TypeError(
-            f"conv2d: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one (e.g. x.to(dtype=weight.dtype))"
-        )
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
-    o, cg, kh, kw = weight.shape
-    if kh < 1 or kw < 1:
-        raise ValueError(f"conv2d: kernel size must be at least 1x1, got {kh}x{kw} (weight shape {tuple(weight.shape)})")
-    c = x.shape[1]
-    if c % groups:
-        raise ValueError(f"conv2d: groups={groups} does not divide the input's {c} channels (input shape {tuple(x.shape)})")
-    if o % groups:
-        raise ValueError(
-            f"conv2d: groups={groups} does not divide the weight's {o} output channels (weight shape {tuple(weight.shape)})"
-        )
-    if c != cg * groups:
-        expects = f"{cg}" if groups == 1 else f"{cg * groups} ({cg} per group x {groups} groups)"
-        raise ValueError(f"conv2d: input has {c} channels, weight expects {expects} (weight shape {tuple(weight.shape)})")
-    if bias is not None:
-        if tuple(bias.shape) != (o,):
-            raise ValueError(f"conv2d: bias must have shape ({o},) for weight shape {tuple(weight.shape)}, got {tuple(bias.shape)}")
-        if bias.dtype != x.dtype:
-            raise TypeError(f"conv2d: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
-    kernel = (kh, kw)
-    stride2 = _pair("conv2d", "stride", stride, 1)
-    dilation2 = _pair("conv2d", "dilation", dilation, 1)
-    pads = _resolve_padding(padding, kernel, stride2, dilation2)
-    _output_size("conv2d", tuple(x.shape[2:]), kernel, stride2, pads, dilation2)  # raises on a too-small input
-    return Conv2d.apply(x, weight, bias, stride2, pads, dilation2, groups)
+    return Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
-__all__ = ["col2im", "conv2d", "im2col"]
+__all__ = ["Conv2dFunction", "check_groups", "col2im", "conv2d", "im2col"]

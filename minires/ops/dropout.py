@@ -23,7 +23,7 @@ def dropout_mask(shape: tuple[int, ...], p: float, device: str) -> Any:
     return backend.to_device(keep, device)
 
 
-class Dropout(Function):
+class DropoutFunction(Function):
     """y = x * mask / (1 - p); backward multiplies the gradient by the same scaled mask."""
 
     @staticmethod
@@ -63,4 +63,4 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if p == 1:
         return DropAll.apply(x)
-    return Dropout.apply(x, float(p))
+    return DropoutFunction.apply(x, float(p))

@@ -11,7 +11,7 @@ from minires.ops._util import as_tensor, check_float
 from minires.tensor import Tensor
 
 
-class Linear(Function):
+class LinearFunction(Function):
     """x (..., in) @ weight (out, in).T + bias (out,) -> (..., out).
 
     Leading dims of x are flattened to one row axis M so each product is a single 2-D GEMM; the
@@ -70,4 +70,4 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},) for weight shape {weight.shape}")
         if bias.dtype != x.dtype:
             raise TypeError(f"linear: bias dtype {bias.dtype} differs from input dtype {x.dtype}")
-    return Linear.apply(x, weight, bias)
+    return LinearFunction.apply(x, weight, bias)

@@ -125,7 +125,7 @@ def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
         return xp.where(denom == 0, 0, g / denom).astype(g.dtype, copy=False)
 
 
-class NLLLoss(Function):
+class NLLLossFunction(Function):
     """loss_i = -w[t_i] * log_probs[i, t_i]; backward scatters -w[t_i] * scale into the picked entries."""
 
     @staticmethod
@@ -232,7 +232,7 @@ class CrossEntropy(Function):
         return grad.astype(dt, copy=False), None, None, None, None, None
 
 
-class MSELoss(Function):
+class MSELossFunction(Function):
     """loss = (input - target)^2, reduced; gradients 2 (input - target) * scale for both operands."""
 
     @staticmethod
@@ -268,7 +268,7 @@ def nll_loss(
     check_float(name, log_probs)
     t = _class_target(name, log_probs, target, ignore_index)
     w = _class_weight(name, weight, log_probs)
-    return NLLLoss.apply(log_probs, t, w, int(ignore_index), reduction)
+    return NLLLossFunction.apply(log_probs, t, w, int(ignore_index), reduction)
 
 
 def cross_entropy(
@@ -308,4 +308,4 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor: 
         raise ValueError(f"{name}: input has shape {x.shape} but target has shape {y.shape}; expected the same shape")
     if y.dtype != x.dtype:
         raise TypeError(f"{name}: input is {x.dtype} but target is {y.dtype}; expected the same dtype")
-    return MSELoss.apply(x, y, reduction)
+    return MSELossFunction.apply(x, y, reduction)

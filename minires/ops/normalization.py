@@ -1,13 +1,15 @@
-"""Batch normalisation: one Function with a closed-form backward, for (N, C, *) inputs.
+"""Batch normalisation: two Functions with closed-form backwards, for (N, C, *) inputs.
 
 Per channel c over the M = N * prod(spatial) values that share it::
 
     y = (x - mean_c) / sqrt(var_c + eps) * weight_c + bias_c
 
-Training uses the batch statistics (biased variance) and updates the running statistics in place
-(running_var with the unbiased variance, as PyTorch); eval uses the running statistics, which makes
-the op affine in x. The kernels view x as (N, C, K) with K = prod(spatial) so every per-channel
-statistic is one reduction over axes (0, 2), and work in x's float dtype throughout.
+:class:`BatchNormTrainFunction` uses the batch statistics (biased variance) and returns them;
+:func:`batch_norm` then updates the running statistics in place, outside the differentiable core
+(:func:`update_running_stats`; running_var with the unbiased variance, as PyTorch).
+:class:`BatchNormEvalFunction` uses given statistics (the running ones), which makes the op affine in x.
+The kernels view x as (N, C, K) with K = prod(spatial) so every per-channel statistic is one
+reduction over axes (0, 2), and work in x's float dtype throughout.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float
+from minires.ops.cuda import launch as cuda_launch
+from minires.ops.cuda import use_fast_kernels
 from minires.tensor import Tensor
 
 # Blocks of roughly this many bytes keep the backward's in-place passes in cache (numpy only).
@@ -46,12 +50,39 @@ def _blocks(xp: Any, a3: Any) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def batch_norm_forward_train(x3: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any, Any]:
+def batch_norm_apply(x3: Any, mean: Any, scale: Any, bias: Any, residual3: Any = None, relu: bool = False, centred: Any = None) -> Any:
+    """``(x - mean) * scale + bias (+ residual) (then relu)`` per channel on (N, C, K) arrays -> a new (N, C, K) array.
+
+    BN's normalise + affine step (``scale = weight * invstd``; ``bias`` may be None), optionally fused with
+    a residual block's add and ReLU. On a GPU it is one fast kernel (``minires/ops/cuda``); otherwise array
+    ops, in place on ``centred`` (an ``x - mean`` buffer the caller may hand over), block by block in cache.
+    """
+    if use_fast_kernels(x3, "batch_norm"):  # cuda arrays: one fused kernel; the code below is its reference
+        zeros = bias if bias is not None else xp_of(x3).zeros_like(mean)
+        return cuda_launch.bn_forward(x3, mean, scale, zeros, residual3, relu)
+    xp = xp_of(x3)
+    out = xp.subtract(x3, mean[:, None]) if centred is None else centred
+    scale_col = scale[:, None]
+    for b in _blocks(xp, x3):
+        ob = out[b]
+        ob *= scale_col
+        if bias is not None:
+            ob += bias[:, None]
+        if residual3 is not None:
+            ob += residual3[b]
+        if relu:
+            xp.maximum(ob, 0, out=ob)
+    return out
+
+
+def batch_norm_forward_train(
+    x3: Any, weight: Any, bias: Any, eps: float, residual3: Any = None, relu: bool = False
+) -> tuple[Any, Any, Any, Any]:
     """Training forward on x viewed as (N, C, K): returns (y3, mean, biased var, invstd), all x.dtype.
 
     Two passes for the statistics (mean, then the sum of squared deviations written straight into
-    the output buffer), so a large mean does not cancel the variance away; then the scale and shift
-    in place, block by block while the block is in cache.
+    the output buffer), so a large mean does not cancel the variance away; then :func:`batch_norm_apply`
+    (with the optional residual add and ReLU) in that buffer.
     """
     xp = xp_of(x3)
     dt = x3.dtype
@@ -60,13 +91,8 @@ def batch_norm_forward_train(x3: Any, weight: Any, bias: Any, eps: float) -> tup
     out = xp.subtract(x3, mean[:, None])
     var = (_channel_dot(xp, out, out) / dt.type(m)).astype(dt, copy=False)
     invstd = (1 / xp.sqrt(var + dt.type(eps))).astype(dt, copy=False)
-    scale = (invstd if weight is None else invstd * weight)[:, None]
-    for b in _blocks(xp, x3):
-        ob = out[b]
-        ob *= scale
-        if bias is not None:
-            ob += bias[:, None]
-    return out, mean, var, invstd
+    scale = invstd if weight is None else invstd * weight
+    return batch_norm_apply(x3, mean, scale, bias, residual3, relu, centred=out), mean, var, invstd
 
 
 def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: Any, need_x: bool) -> tuple[Any, Any, Any]:
@@ -95,6 +121,8 @@ def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: 
     if not need_x:
         return None, dweight, sum_g
     k = invstd if weight is None else invstd * weight
+    if use_fast_kernels(x3, "batch_norm"):  # pass 2 as one fused kernel; the loop below is its reference
+        return cuda_launch.bn_backward(g3, x3, mean, k, sum_g / dt.type(m), invstd * invstd * sum_gd / dt.type(m)), dweight, sum_g
     coef_d = (-(invstd * invstd) * sum_gd / dt.type(m))[:, None]
     shift = (-sum_g / dt.type(m))[:, None]
     k_col = k[:, None]
@@ -107,79 +135,184 @@ def batch_norm_backward_train(g3: Any, x3: Any, mean: Any, invstd: Any, weight: 
     return d, dweight, sum_g
 
 
-class BatchNorm(Function):
-    """y = (x - mean) * invstd * weight + bias on x viewed as (N, C, K); running stats updated in place.
+def batch_norm_backward_eval(
+    g3: Any, x3: Any, mean: Any, invstd: Any, weight: Any, need_x: bool, need_w: bool, need_b: bool
+) -> tuple[Any, Any, Any]:
+    """Eval-mode backward (fixed statistics, so y is affine in x): (dx3, dweight, dbias), each None when not needed.
 
-    Arguments (raw arrays): x (N, C, *), weight (C,) or None, bias (C,) or None, running_mean and
-    running_var (C,) or None, use_batch_stats, momentum, eps. Gradients flow to x, weight and bias.
+    ``dx = g * weight * invstd``, ``dweight = sum(g * (x - mean)) * invstd``, ``dbias = sum(g)``.
+    """
+    xp = xp_of(g3, x3)
+    dx = dw = db = None
+    if need_x:
+        k = invstd if weight is None else invstd * weight
+        dx = xp.multiply(g3, k[:, None])
+    if need_w:  # sum(g * (x - mean)) block by block, so the difference stays in cache
+        dw = sum(_channel_dot(xp, g3[b], x3[b] - mean[:, None]) for b in _blocks(xp, x3)) * invstd
+    if need_b:
+        db = _channel_sum(xp, g3)
+    return dx, dw, db
+
+
+def _check_input(name: str, x: Any) -> None:
+    """x must be a float (N, C) or (N, C, *spatial) array or tensor."""
+    check_float(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {tuple(x.shape)}")
+
+
+def _check_channel_vector(name: str, what: str, t: Any, x: Any) -> None:
+    """``t`` (weight, bias, a statistic) is None or has shape (C,) for x's C channels."""
+    c = x.shape[1]
+    if t is not None and tuple(t.shape) != (c,):
+        raise ValueError(
+            f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {tuple(x.shape)} with {c} channels"
+        )
+
+
+def _check_batch_statistics(name: str, x: Any) -> None:
+    """Batch statistics need more than one value per channel."""
+    per_channel = x.size // max(x.shape[1], 1)
+    if per_channel <= 1:
+        raise ValueError(
+            f"{name}: expected more than 1 value per channel when training, got input of shape {tuple(x.shape)} "
+            f"({per_channel} value(s) for each of {x.shape[1]} channels)"
+        )
+
+
+def _as_dtype(a: Any, dtype: Any) -> Any:
+    return None if a is None else a.astype(dtype, copy=False)
+
+
+class BatchNormTrainFunction(Function):
+    """Normalise with the batch's own statistics: ``y = (x - mean_B) * invstd_B * weight + bias``.
+
+    ``BatchNormTrainFunction.apply(x, weight, bias, eps) -> (y, mean, var)``: x (N, C, *), weight and
+    bias (C,) or None; mean and the biased var (C,) are returned (not differentiable) so the caller can
+    update running statistics; they are not touched here. Gradients go to x, weight and bias.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, Any, Any]:
+        name = "batch_norm"
+        _check_input(name, x)
+        _check_channel_vector(name, "weight", weight, x)
+        _check_channel_vector(name, "bias", bias, x)
+        _check_batch_statistics(name, x)
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        w = _as_dtype(weight, x.dtype)
+        y3, mean, var, invstd = batch_norm_forward_train(x3, w, _as_dtype(bias, x.dtype), float(eps))
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(x3, mean, invstd, w)
+        ctx.mark_non_differentiable(1, 2)
+        return y3.reshape(x.shape), mean, var
+
+    @staticmethod
+    def backward(ctx: Context, g: Any, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, mean, invstd, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx3, dw, db = batch_norm_backward_train(g.reshape(x3.shape), x3, mean, invstd, w, need_x)
+        dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
+        return dx, (dw if need_w else None), (db if need_b else None), None
+
+
+class BatchNormEvalFunction(Function):
+    """Normalise with given statistics (eval mode): ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``BatchNormEvalFunction.apply(x, mean, var, weight, bias, eps)``: mean and var (C,) are fixed
+    (typically the running statistics) and get no gradient, so y is affine in x with per-channel slope
+    ``weight / sqrt(var + eps)``. Gradients go to x, weight and bias.
     """
 
     @staticmethod
     def forward(
-        ctx: Context,
-        x: Any,
-        weight: Any,
-        bias: Any,
-        running_mean: Any,
-        running_var: Any,
-        use_batch_stats: bool,
-        momentum: float,
-        eps: float,
+        ctx: Context, x: Any, mean: Any, var: Any, weight: Any, bias: Any, eps: float
     ) -> Any:
+        name = "batch_norm"
+        _check_input(name, x)
+        for what, t in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
+            _check_channel_vector(name, what, t, x)
         xp = xp_of(x)
         dt = x.dtype
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        w = None if weight is None else weight.astype(dt, copy=False)
-        b = None if bias is None else bias.astype(dt, copy=False)
+        w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
+        mean = mean.astype(dt, copy=False)
+        invstd = (1 / xp.sqrt(var.astype(dt, copy=False) + dt.type(eps))).astype(dt, copy=False)
+        out = batch_norm_apply(x3, mean, invstd if w is None else invstd * w, b)
         ctx.x_shape = x.shape
-        ctx.training = use_batch_stats
-        if use_batch_stats:
-            out, mean, var, invstd = batch_norm_forward_train(x3, w, b, eps)
-            if running_mean is not None:
-                m = x3.shape[0] * x3.shape[2]
-                unbiased = var.astype(running_var.dtype) * running_var.dtype.type(m / (m - 1))
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean.astype(running_mean.dtype)
-                running_var *= 1 - momentum
-                running_var += momentum * unbiased
-        else:
-            mean = running_mean.astype(dt, copy=False)
-            invstd = (1 / xp.sqrt(running_var.astype(dt, copy=False) + dt.type(eps))).astype(dt, copy=False)
-            scale = invstd if w is None else invstd * w
-            out = xp.multiply(x3, scale[:, None])
-            out += (-mean * scale if b is None else b - mean * scale)[:, None]
         ctx.save_for_backward(x3, mean, invstd, w)
         return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
         x3, mean, invstd, w = ctx.saved_tensors
-        xp = xp_of(g)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        g3 = g.reshape(x3.shape)
-        dx = dw = db = None
+        need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
+        dx3, dw, db = batch_norm_backward_eval(g.reshape(x3.shape), x3, mean, invstd, w, need_x, need_w, need_b)
+        return None if dx3 is None else dx3.reshape(ctx.x_shape), None, None, dw, db, None
+
+
+class BatchNormAddReLUFunction(Function):
+    """``relu(batch_norm(x) + residual)``: the tail of a post-activation residual block as one op.
+
+    ``BatchNormAddReLUFunction.apply(x, residual, weight, bias, mean, var, eps) -> (y, mean, var)``: x and
+    residual (N, C, *) of one shape; weight, bias (C,) or None. With ``mean`` and ``var`` None it
+    normalises with the batch statistics (training) and returns them (not differentiable) for the
+    running-statistics update; given (eval), it normalises with them and returns them. On a GPU the
+    normalise, add and ReLU are one kernel pass, and the backward's elementwise pass another. Gradients go
+    to x, residual, weight and bias.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, residual: Any, weight: Any, bias: Any, mean: Any, var: Any, eps: float) -> tuple[Any, Any, Any]:
+        name = "batch_norm_add_relu"
+        _check_input(name, x)
+        if tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"{name}: residual has shape {tuple(residual.shape)}, expected the input's shape {tuple(x.shape)}")
+        for what, t in (("weight", weight), ("bias", bias), ("running_mean", mean), ("running_var", var)):
+            _check_channel_vector(name, what, t, x)
+        xp = xp_of(x)
+        dt = x.dtype
+        x3 = x.reshape(x.shape[0], x.shape[1], -1)
+        r3 = residual.astype(dt, copy=False).reshape(x3.shape)
+        w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
+        ctx.training = mean is None
+        if ctx.training:
+            _check_batch_statistics(name, x)
+            y3, mean, var, invstd = batch_norm_forward_train(x3, w, b, float(eps), r3, relu=True)
+        else:
+            mean, var = mean.astype(dt, copy=False), var.astype(dt, copy=False)
+            invstd = (1 / xp.sqrt(var + dt.type(eps))).astype(dt, copy=False)
+            y3 = batch_norm_apply(x3, mean, invstd if w is None else invstd * w, b, r3, relu=True)
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(x3, y3, mean, invstd, w)
+        ctx.mark_non_differentiable(1, 2)
+        return y3.reshape(x.shape), mean, var
+
+    @staticmethod
+    def backward(ctx: Context, g: Any, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        x3, y3, mean, invstd, w = ctx.saved_tensors
+        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
+        g3 = xp_of(g).multiply(g.reshape(x3.shape), y3 > 0)  # through the ReLU: the gradient of the sum
         if ctx.training:
             dx3, dw, db = batch_norm_backward_train(g3, x3, mean, invstd, w, need_x)
-            dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
         else:
-            # eval: y is affine in x with per-channel slope weight * invstd
-            if need_x:
-                k = invstd if w is None else invstd * w
-                dx = xp.multiply(g3, k[:, None]).reshape(ctx.x_shape)
-            if need_w:  # sum(g * (x - mean)) block by block, so the difference stays in cache
-                dw = sum(_channel_dot(xp, g3[b], x3[b] - mean[:, None]) for b in _blocks(xp, x3)) * invstd
-            if need_b:
-                db = _channel_sum(xp, g3)
-        return dx, (dw if need_w else None), (db if need_b else None), None, None, None, None, None
+            dx3, dw, db = batch_norm_backward_eval(g3, x3, mean, invstd, w, need_x, need_w, need_b)
+        dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
+        dr = g3.reshape(ctx.x_shape) if need_r else None
+        return dx, dr, (dw if need_w else None), (db if need_b else None), None, None, None
 
 
-def _check_channel_vector(name: str, what: str, t: Any, c: int, x: Tensor) -> None:
-    if t is None:
-        return
-    if tuple(t.shape) != (c,):
-        raise ValueError(f"{name}: {what} has shape {tuple(t.shape)}, expected ({c},) for input of shape {x.shape} with {c} channels")
-    if t.device != x.device:
-        raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+def update_running_stats(running_mean: Any, running_var: Any, mean: Any, var: Any, count: int, momentum: float) -> None:
+    """``r = (1 - momentum) * r + momentum * batch_stat`` in place on raw (C,) arrays.
+
+    ``var`` is the biased batch variance over ``count`` values per channel; running_var takes the
+    unbiased one, ``var * count / (count - 1)``, as PyTorch. Not part of any autograd graph.
+    """
+    unbiased = var.astype(running_var.dtype) * running_var.dtype.type(count / (count - 1))
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean.astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += momentum * unbiased
 
 
 def batch_norm(
@@ -194,34 +327,64 @@ def batch_norm(
 ) -> Tensor:
     """Batch normalisation of x (N, C) or (N, C, *spatial) over every axis but the channel axis 1.
 
-    ``training=True`` (or no running statistics) normalises with the batch mean and biased variance;
-    when running_mean / running_var (C,) are given in training they are updated in place:
-    ``r = (1 - momentum) * r + momentum * batch_stat`` with the unbiased variance for running_var.
-    Eval mode normalises with the running statistics. weight / bias (C,) are the optional affine
-    parameters. Returns a tensor shaped like x.
+    ``training=True`` (or no running statistics) normalises with the batch mean and biased variance
+    (:class:`BatchNormTrainFunction`); when running_mean / running_var (C,) are given in training they
+    are then updated in place: ``r = (1 - momentum) * r + momentum * batch_stat`` with the unbiased
+    variance for running_var. Eval mode normalises with the running statistics
+    (:class:`BatchNormEvalFunction`). weight / bias (C,) are the optional affine parameters. Returns a
+    tensor shaped like x.
     """
     name = "batch_norm"
     (x,) = cast_to_float32(as_tensor(x))  # float16 input -> float32 statistics under autocast
-    check_float(name, x)
-    if x.ndim < 2:
-        raise ValueError(f"{name}: expected input of shape (N, C) or (N, C, *spatial), got shape {x.shape}")
+    weight, bias, running_mean, running_var = _norm_arguments(name, x, weight, bias, running_mean, running_var)
+    if not training and running_mean is not None:
+        return BatchNormEvalFunction.apply(x, running_mean, running_var, weight, bias, float(eps))
+    y, mean, var = BatchNormTrainFunction.apply(x, weight, bias, float(eps))
+    if running_mean is not None:
+        update_running_stats(running_mean.data, running_var.data, mean.data, var.data, x.numel() // x.shape[1], float(momentum))
+    return y
+
+
+def batch_norm_add_relu(
+    x: Tensor,
+    residual: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``relu(batch_norm(x, ...) + residual)`` as one op: the tail of a post-activation residual block.
+
+    Same arguments and running-statistics update as :func:`batch_norm`, plus ``residual`` (x's shape).
+    Equal to the three ops in sequence; on a GPU it makes one pass over the data instead of three
+    (:class:`BatchNormAddReLUFunction`). The residual blocks of :mod:`minires.models` call it on GPU arrays.
+    """
+    name = "batch_norm_add_relu"
+    x, residual = cast_to_float32(as_tensor(x), as_tensor(residual))
+    weight, bias, running_mean, running_var = _norm_arguments(name, x, weight, bias, running_mean, running_var)
+    if residual.device != x.device:
+        raise RuntimeError(f"{name}: residual is on {residual.device}, input is on {x.device}; move them to one device")
+    if not training and running_mean is not None:
+        y, _, _ = BatchNormAddReLUFunction.apply(x, residual, weight, bias, running_mean, running_var, float(eps))
+        return y
+    y, mean, var = BatchNormAddReLUFunction.apply(x, residual, weight, bias, None, None, float(eps))
+    if running_mean is not None:
+        update_running_stats(running_mean.data, running_var.data, mean.data, var.data, x.numel() // x.shape[1], float(momentum))
+    return y
+
+
+def _norm_arguments(name: str, x: Tensor, *optional: Any) -> tuple[Tensor | None, ...]:
+    """Check x and both-or-neither running statistics; weight, bias, running_mean, running_var as tensors
+    or None. The running statistics, updated in place outside any Function, are checked here."""
+    _check_input(name, x)
+    weight, bias, running_mean, running_var = (None if t is None else as_tensor(t) for t in optional)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{name}: give both running_mean and running_var, or neither")
-    c = x.shape[1]
-    weight = None if weight is None else as_tensor(weight)
-    bias = None if bias is None else as_tensor(bias)
-    running_mean = None if running_mean is None else as_tensor(running_mean)
-    running_var = None if running_var is None else as_tensor(running_var)
-    for what, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        _check_channel_vector(name, what, t, c, x)
-    use_batch_stats = bool(training) or running_mean is None
-    if use_batch_stats:
-        per_channel = x.numel() // max(c, 1)
-        if per_channel <= 1:
-            raise ValueError(
-                f"{name}: expected more than 1 value per channel when training, got input of shape {x.shape} "
-                f"({per_channel} value(s) for each of {c} channels)"
-            )
-    rm = None if running_mean is None else running_mean.data
-    rv = None if running_var is None else running_var.data
-    return BatchNorm.apply(x, weight, bias, rm, rv, use_batch_stats, float(momentum), float(eps))
+    for what, t in (("running_mean", running_mean), ("running_var", running_var)):
+        _check_channel_vector(name, what, t, x)
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"{name}: {what} is on {t.device}, input is on {x.device}; move them to one device")
+    return weight, bias, running_mean, running_var

@@ -2,8 +2,8 @@
 
 Windowed pools loop over the kH*kW kernel offsets, each step one strided slice of the padded
 input covering every output pixel at once (no loop over batch or pixels). Output sizes follow
-PyTorch, ``ceil_mode`` included: ``oH = floor_or_ceil((H + 2*pH - dH*(kH - 1) - 1) / sH) + 1``,
-minus one when ceil mode would start the last window in the right/bottom padding.
+PyTorch, ``ceil_mode`` included (the rule lives in :mod:`minires.ops.geometry`). Each Function checks
+its own arguments, so ``MaxPool2dFunction.apply(x, 2)`` fails as clearly as ``max_pool2d(x, 2)``.
 """
 
 from __future__ import annotations
@@ -13,102 +13,93 @@ from typing import Any
 from minires.autograd.function import Context, Function
 from minires.backend import add_at, xp_of
 from minires.ops._util import as_tensor, check_float
-from minires.ops.conv import IntPair, _pair
+from minires.ops.geometry import IntPair, Window2d
 from minires.tensor import Tensor
 
 
-def _pool_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:  # the last window must start inside input or left pad
-        out -= 1
-    return out
-
-
-def _geometry(
-    name: str, x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Validated (kernel, stride, padding, dilation, output size) of a windowed pool."""
+def _pool_window(
+    name: str, x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool
+) -> Window2d:
+    """The checked window of a pool over raw x (N, C, H, W); padding at most half the kernel (PyTorch's rule)."""
     if x.ndim != 4:
         raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
     check_float(name, x)
-    kernel = _pair(name, "kernel_size", kernel_size, 1)
-    stride2 = kernel if stride is None or (hasattr(stride, "__len__") and len(stride) == 0) else _pair(name, "stride", stride, 1)
-    pad = _pair(name, "padding", padding, 0)
-    dil = _pair(name, "dilation", dilation, 1)
+    window = Window2d.of(name, x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    pad, kernel = (window.padding[0], window.padding[2]), window.kernel
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(f"{name}: padding {pad} must be at most half of kernel_size {kernel}")
-    h, w = x.shape[2:]
-    out = (
-        _pool_size(h, kernel[0], stride2[0], pad[0], dil[0], ceil_mode),
-        _pool_size(w, kernel[1], stride2[1], pad[1], dil[1], ceil_mode),
-    )
-    if out[0] < 1 or out[1] < 1:
-        reach = (dil[0] * (kernel[0] - 1) + 1, dil[1] * (kernel[1] - 1) + 1)
-        raise ValueError(
-            f"{name}: input size {(h, w)} (padded {(h + 2 * pad[0], w + 2 * pad[1])}) is smaller than the dilated "
-            f"kernel {reach} (kernel {kernel}, dilation {dil}); the output would be {out}"
-        )
-    return kernel, stride2, pad, dil, out
+    return window
 
 
-def _padded(x: Any, pad: tuple[int, int], extent: tuple[int, int], fill: float) -> Any:
-    """x (N, C, H, W) inside a buffer (N, C, eH, eW) filled with ``fill``, offset by the padding.
+def _padded(x: Any, window: Window2d, fill: float) -> Any:
+    """x (N, C, H, W) inside a buffer (N, C, eH, eW) filled with ``fill``, offset by the leading padding.
 
-    ``extent`` covers every window (ceil mode may reach past the right/bottom padding)."""
+    The buffer covers every window (ceil mode may reach past the bottom/right padding)."""
     xp = xp_of(x)
     n, c, h, w = x.shape
-    eh, ew = max(extent[0], h + pad[0]), max(extent[1], w + pad[1])
+    (pt, pl), extent = window.pad_before, window.extent
+    eh, ew = max(extent[0], h + pt), max(extent[1], w + pl)
     if (eh, ew) == (h, w):
         return x
     buf = xp.full((n, c, eh, ew), fill, dtype=x.dtype)
-    buf[:, :, pad[0] : pad[0] + h, pad[1] : pad[1] + w] = x
+    buf[:, :, pt : pt + h, pl : pl + w] = x
     return buf
 
 
-def _extent(out: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], dil: tuple[int, int]) -> tuple[int, int]:
-    return ((out[0] - 1) * stride[0] + dil[0] * (kernel[0] - 1) + 1, (out[1] - 1) * stride[1] + dil[1] * (kernel[1] - 1) + 1)
+def _unpadded(buf: Any, window: Window2d) -> Any:
+    """The input's part (N, C, H, W) of a buffer made like :func:`_padded`'s."""
+    (pt, pl), (h, w) = window.pad_before, window.input_size
+    return buf[:, :, pt : pt + h, pl : pl + w]
 
 
-def _window(a: Any, i: int, j: int, out: tuple[int, int], stride: tuple[int, int], dil: tuple[int, int]) -> Any:
-    """The strided slice of ``a`` seen by kernel offset (i, j) of every window: (N, C, oH, oW)."""
-    r, q = i * dil[0], j * dil[1]
-    return a[:, :, r : r + stride[0] * (out[0] - 1) + 1 : stride[0], q : q + stride[1] * (out[1] - 1) + 1 : stride[1]]
+def _tap(a: Any, k: int, window: Window2d) -> Any:
+    """The strided slice of a padded buffer seen by kernel offset k (row-major) of every window: (N, C, oH, oW)."""
+    kw, (sh, sw), (dh, dw), (oh, ow) = window.kernel[1], window.stride, window.dilation, window.output_size
+    r, q = (k // kw) * dh, (k % kw) * dw
+    return a[:, :, r : r + sh * (oh - 1) + 1 : sh, q : q + sw * (ow - 1) + 1 : sw]
 
 
-class MaxPool2d(Function):
-    """Max over each window; returns (values, flat indices into H*W of each input plane)."""
+class MaxPool2dFunction(Function):
+    """Max over each window; returns (values, flat indices into H*W of each input plane).
+
+    ``MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode)`` on a 4-D input,
+    all positional, as :func:`max_pool2d`'s arguments (``stride`` None means the kernel size);
+    :func:`max_pool2d` adds defaults and unbatched input.
+    """
 
     @staticmethod
-    def forward(ctx: Context, x: Any, kernel: Any, stride: Any, pad: Any, dil: Any, out: Any) -> Any:
+    def forward(
+        ctx: Context, x: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool
+    ) -> Any:
+        window = _pool_window("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
         xp = xp_of(x)
-        n, c, h, w = x.shape
-        buf = _padded(x, pad, _extent(out, kernel, stride, dil), float("-inf"))
-        best = _window(buf, 0, 0, out, stride, dil).copy()
+        w = x.shape[3]
+        buf = _padded(x, window, float("-inf"))
+        best = _tap(buf, 0, window).copy()
         arg = xp.zeros(best.shape, dtype=xp.int64)
-        for k in range(1, kernel[0] * kernel[1]):
-            v = _window(buf, k // kernel[1], k % kernel[1], out, stride, dil)
+        for k in range(1, window.kernel[0] * window.kernel[1]):
+            v = _tap(buf, k, window)
             take = (v > best) | xp.isnan(v)  # strict: the first maximum in row-major window order wins
             xp.copyto(best, v, where=take)
             arg[take] = k
-        # offset k of window (oh, ow) sits at input row oh*sH - pH + (k // kW)*dH (likewise columns)
-        rows = (xp.arange(out[0]) * stride[0] - pad[0])[:, None] + (arg // kernel[1]) * dil[0]
-        cols = (xp.arange(out[1]) * stride[1] - pad[1]) + (arg % kernel[1]) * dil[1]
-        indices = rows * w + cols
-        ctx.geometry = (x.shape, buf.shape, kernel, stride, pad, dil, out)
+        # offset k of window (oh, ow) sits at input row oh*sH - pT + (k // kW)*dH (likewise columns)
+        (sh, sw), (pt, pl), (dh, dw), kw = window.stride, window.pad_before, window.dilation, window.kernel[1]
+        rows = (xp.arange(window.output_size[0]) * sh - pt)[:, None] + (arg // kw) * dh
+        cols = (xp.arange(window.output_size[1]) * sw - pl) + (arg % kw) * dw
+        ctx.window, ctx.buf_shape = window, buf.shape
         ctx.save_for_backward(arg)
         ctx.mark_non_differentiable(1)
-        return best, indices
+        return best, rows * w + cols
 
     @staticmethod
     def backward(ctx: Context, grad: Any, _: Any = None) -> tuple[Any, ...]:
         xp = xp_of(grad)
         (arg,) = ctx.saved_tensors
-        (n, c, h, w), buf_shape, kernel, stride, pad, dil, out = ctx.geometry
-        gbuf = xp.zeros(buf_shape, dtype=grad.dtype)
-        for k in range(kernel[0] * kernel[1]):
-            _window(gbuf, k // kernel[1], k % kernel[1], out, stride, dil)[...] += xp.where(arg == k, grad, 0)
-        return gbuf[:, :, pad[0] : pad[0] + h, pad[1] : pad[1] + w], None, None, None, None, None
+        window = ctx.window
+        gbuf = xp.zeros(ctx.buf_shape, dtype=grad.dtype)
+        for k in range(window.kernel[0] * window.kernel[1]):
+            _tap(gbuf, k, window)[...] += xp.where(arg == k, grad, 0)
+        return _unpadded(gbuf, window), None, None, None, None, None
 
 
 def _unbatched(fn: Any, x: Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -139,23 +130,36 @@ def max_pool2d(
     x = as_tensor(x)
     if x.ndim == 3:
         return _unbatched(max_pool2d, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    geometry = _geometry("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
-    values, indices = MaxPool2d.apply(x, *geometry)
+    values, indices = MaxPool2dFunction.apply(x, kernel_size, stride, padding, dilation, ceil_mode)
     return (values, indices) if return_indices else values
 
 
-class AvgPool2d(Function):
-    """Mean over each window, divided as PyTorch divides (see :func:`avg_pool2d`)."""
+class AvgPool2dFunction(Function):
+    """Mean over each window, divided as PyTorch divides (see :func:`avg_pool2d`).
+
+    ``AvgPool2dFunction.apply(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+    divisor_override)`` on a 4-D input, all positional, as :func:`avg_pool2d`'s arguments.
+    """
 
     @staticmethod
-    def forward(ctx: Context, x: Any, kernel: Any, stride: Any, pad: Any, out: Any, divisor: Any) -> Any:
+    def forward(
+        ctx: Context,
+        x: Any,
+        kernel_size: Any,
+        stride: Any,
+        padding: Any,
+        ceil_mode: bool,
+        count_include_pad: bool,
+        divisor_override: int | None,
+    ) -> Any:
+        window = _pool_window("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
         xp = xp_of(x)
-        buf = _padded(x, pad, _extent(out, kernel, stride, (1, 1)), 0.0)
-        total = _window(buf, 0, 0, out, stride, (1, 1)).copy()
-        for k in range(1, kernel[0] * kernel[1]):
-            total += _window(buf, k // kernel[1], k % kernel[1], out, stride, (1, 1))
-        divisor = xp.asarray(divisor, dtype=x.dtype)
-        ctx.geometry = (x.shape, buf.shape, kernel, stride, pad, out)
+        divisor = xp.asarray(_avg_divisor(window, count_include_pad, divisor_override), dtype=x.dtype)
+        buf = _padded(x, window, 0.0)
+        total = _tap(buf, 0, window).copy()
+        for k in range(1, window.kernel[0] * window.kernel[1]):
+            total += _tap(buf, k, window)
+        ctx.window, ctx.buf_shape = window, buf.shape
         ctx.save_for_backward(divisor)
         total /= divisor
         return total
@@ -164,32 +168,31 @@ class AvgPool2d(Function):
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
         xp = xp_of(grad)
         (divisor,) = ctx.saved_tensors
-        (n, c, h, w), buf_shape, kernel, stride, pad, out = ctx.geometry
+        window = ctx.window
         share = grad / divisor
-        gbuf = xp.zeros(buf_shape, dtype=grad.dtype)
-        for k in range(kernel[0] * kernel[1]):
-            _window(gbuf, k // kernel[1], k % kernel[1], out, stride, (1, 1))[...] += share
-        return gbuf[:, :, pad[0] : pad[0] + h, pad[1] : pad[1] + w], None, None, None, None, None
+        gbuf = xp.zeros(ctx.buf_shape, dtype=grad.dtype)
+        for k in range(window.kernel[0] * window.kernel[1]):
+            _tap(gbuf, k, window)[...] += share
+        return _unpadded(gbuf, window), None, None, None, None, None, None
 
 
-def _avg_divisor(
-    size: tuple[int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pad: tuple[int, int],
-    out: tuple[int, int],
-    count_include_pad: bool,
-) -> list[list[float]]:
-    """PyTorch's divisor per output pixel: the window clipped to the padded input (count_include_pad)
-    or to the input itself; a ceil-mode window's part beyond the padding never counts."""
+def _avg_divisor(window: Window2d, count_include_pad: bool, divisor_override: Any) -> Any:
+    """PyTorch's divisor: ``divisor_override`` if given, else per output pixel (oH, oW) the window
+    clipped to the padded input (count_include_pad) or to the input itself; a ceil-mode window's part
+    beyond the padding never counts."""
+    if divisor_override is not None:
+        if isinstance(divisor_override, bool) or int(divisor_override) != divisor_override or divisor_override == 0:
+            raise ValueError(f"avg_pool2d: divisor_override must be a nonzero int, got {divisor_override!r}")
+        return float(divisor_override)
     per_dim = []
     for d in range(2):
+        size, kernel, stride, pad = window.input_size[d], window.kernel[d], window.stride[d], window.pad_before[d]
         counts = []
-        for o in range(out[d]):
-            start = o * stride[d] - pad[d]
-            end = min(start + kernel[d], size[d] + pad[d])
+        for o in range(window.output_size[d]):
+            start = o * stride - pad
+            end = min(start + kernel, size + pad)
             if not count_include_pad:
-                start, end = max(start, 0), min(end, size[d])
+                start, end = max(start, 0), min(end, size)
             counts.append(end - start)
         per_dim.append(counts)
     return [[float(a * b) for b in per_dim[1]] for a in per_dim[0]]
@@ -213,14 +216,7 @@ def avg_pool2d(
     x = as_tensor(x)
     if x.ndim == 3:
         return _unbatched(avg_pool2d, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
-    kernel, stride2, pad, _, out = _geometry("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
-    if divisor_override is not None:
-        if isinstance(divisor_override, bool) or int(divisor_override) != divisor_override or divisor_override == 0:
-            raise ValueError(f"avg_pool2d: divisor_override must be a nonzero int, got {divisor_override!r}")
-        divisor: Any = float(divisor_override)
-    else:
-        divisor = _avg_divisor(tuple(x.shape[2:]), kernel, stride2, pad, out, count_include_pad)  # type: ignore[arg-type]
-    return AvgPool2d.apply(x, kernel, stride2, pad, out, divisor)
+    return AvgPool2dFunction.apply(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
 def _adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
@@ -228,7 +224,8 @@ def _adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
     return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
 
 
-def _adaptive_output(name: str, x: Tensor, output_size: Any) -> tuple[int, int]:
+def _adaptive_output(name: str, x: Any, output_size: Any) -> tuple[int, int]:
+    """The checked (oH, oW) of an adaptive pool over raw x (N, C, H, W); ``None`` keeps that input size."""
     if x.ndim != 4:
         raise ValueError(f"{name}: expected a 4-D input (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}")
     check_float(name, x)
@@ -251,11 +248,12 @@ def _averaging_matrix(xp: Any, size: int, out: int, dtype: Any) -> Any:
     return m
 
 
-class AdaptiveAvgPool2d(Function):
+class AdaptiveAvgPool2dFunction(Function):
     """out = A_h @ x @ A_w.T with per-axis averaging matrices (bins may overlap or differ in size)."""
 
     @staticmethod
-    def forward(ctx: Context, x: Any, out: Any) -> Any:
+    def forward(ctx: Context, x: Any, output_size: Any) -> Any:
+        out = _adaptive_output("adaptive_avg_pool2d", x, output_size)
         xp = xp_of(x)
         h, w = x.shape[2:]
         ctx.geometry = (h, w, out)
@@ -293,14 +291,15 @@ def adaptive_avg_pool2d(x: Tensor, output_size: int | None | tuple[int | None, i
     x = as_tensor(x)
     if x.ndim == 3:
         return _unbatched(adaptive_avg_pool2d, x, output_size)
-    return AdaptiveAvgPool2d.apply(x, _adaptive_output("adaptive_avg_pool2d", x, output_size))
+    return AdaptiveAvgPool2dFunction.apply(x, output_size)
 
 
-class AdaptiveMaxPool2d(Function):
+class AdaptiveMaxPool2dFunction(Function):
     """Max over adaptive bins, gathered into a (…, oH, Lh, oW, Lw) block padded by repeating edges."""
 
     @staticmethod
-    def forward(ctx: Context, x: Any, out: Any) -> Any:
+    def forward(ctx: Context, x: Any, output_size: Any) -> Any:
+        out = _adaptive_output("adaptive_max_pool2d", x, output_size)
         xp = xp_of(x)
         n, c, h, w = x.shape
         index = []
@@ -348,7 +347,7 @@ def adaptive_max_pool2d(
     x = as_tensor(x)
     if x.ndim == 3:
         return _unbatched(adaptive_max_pool2d, x, output_size, return_indices)
-    values, indices = AdaptiveMaxPool2d.apply(x, _adaptive_output("adaptive_max_pool2d", x, output_size))
+    values, indices = AdaptiveMaxPool2dFunction.apply(x, output_size)
     return (values, indices) if return_indices else values
 
 

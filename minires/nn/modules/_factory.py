@@ -1,4 +1,4 @@
-"""Helpers the layers share: pair arguments and creating parameter storage on a device and dtype."""
+"""Helpers the layers share: creating parameter and buffer storage on a device and dtype."""
 
 from __future__ import annotations
 
@@ -9,15 +9,6 @@ import numpy as np
 from minires import backend
 from minires.nn.parameter import Parameter
 from minires.tensor import DEFAULT_FLOAT, Tensor
-
-
-def pair(value: Any) -> tuple[Any, Any]:
-    """``3 -> (3, 3)``; a pair stays a pair (PyTorch's ``_pair``)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a pair, got {value!r}")
-        return tuple(value)  # type: ignore[return-value]
-    return (value, value)
 
 
 def empty_array(shape: tuple[int, ...], device: Any = None, dtype: Any = None, fill: float = 0.0) -> Any:

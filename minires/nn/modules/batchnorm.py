@@ -81,7 +81,9 @@ class _BatchNorm(Module):
             wanted = " or ".join(f"{d}D" for d in self._expected_dims)
             raise ValueError(f"{type(self).__name__}: expected {wanted} input (got {input.ndim}D input)")
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - PyTorch's argument name
+    def _functional_arguments(self, input: Tensor) -> tuple[Any, ...]:  # noqa: A002
+        """(running_mean, running_var, weight, bias, training, momentum, eps) for F.batch_norm, after
+        counting the batch (``num_batches_tracked``, which sets the factor when momentum is None)."""
         self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
@@ -91,8 +93,7 @@ class _BatchNorm(Module):
         # Batch statistics in training, or in eval when there are no running statistics to use.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
-        return F.batch_norm(
-            input,
+        return (
             self.running_mean if track else None,
             self.running_var if track else None,
             self.weight,
@@ -101,6 +102,14 @@ class _BatchNorm(Module):
             factor,
             self.eps,
         )
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - PyTorch's argument name
+        return F.batch_norm(input, *self._functional_arguments(input))
+
+    def forward_add_relu(self, input: Tensor, residual: Tensor) -> Tensor:  # noqa: A002
+        """``relu(self(input) + residual)`` as one op (:func:`F.batch_norm_add_relu`), with the same state
+        updates as ``forward``; forward hooks of this layer do not run (callers check there are none)."""
+        return F.batch_norm_add_relu(input, residual, *self._functional_arguments(input))
 
     def extra_repr(self) -> str:
         return (

@@ -7,8 +7,10 @@ from typing import Any
 
 from minires.nn import functional as F
 from minires.nn import init
-from minires.nn.modules._factory import new_parameter, pair
+from minires.nn.modules._factory import new_parameter
 from minires.nn.modules.module import Module
+from minires.ops.conv import check_groups
+from minires.ops.geometry import padding4, pair
 from minires.tensor import Tensor
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -37,27 +39,19 @@ class Conv2d(Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        if groups <= 0:
-            raise ValueError("groups must be a positive integer")
-        if in_channels % groups != 0:
-            raise ValueError(f"in_channels must be divisible by groups (in_channels={in_channels}, groups={groups})")
-        if out_channels % groups != 0:
-            raise ValueError(f"out_channels must be divisible by groups (out_channels={out_channels}, groups={groups})")
         if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, but got padding_mode='{padding_mode}'")
+            raise ValueError(f"Conv2d: padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         if padding_mode != "zeros":
             raise NotImplementedError(f"Conv2d: padding_mode={padding_mode!r} is not implemented; use 'zeros'")
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"Invalid padding string {padding!r}, should be one of ('valid', 'same')")
-            if padding == "same" and pair(stride) != (1, 1):
-                raise ValueError("padding='same' is not supported for strided convolutions")
+        # The op's own parsers and checks, run once here so a bad layer fails when it is built.
+        check_groups("Conv2d", groups, in_channels, out_channels)
+        self.kernel_size = pair("Conv2d", "kernel_size", kernel_size, 1)
+        self.stride = pair("Conv2d", "stride", stride, 1)
+        self.dilation = pair("Conv2d", "dilation", dilation, 1)
+        padding4("Conv2d", padding, self.kernel_size, self.stride, self.dilation, strings=True)
+        self.padding: tuple[int, int] | str = padding if isinstance(padding, str) else pair("Conv2d", "padding", padding)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = pair(kernel_size)
-        self.stride = pair(stride)
-        self.padding: tuple[int, int] | str = padding if isinstance(padding, str) else pair(padding)
-        self.dilation = pair(dilation)
         self.groups = groups
         self.padding_mode = padding_mode
         self.weight = new_parameter((out_channels, in_channels // groups, *self.kernel_size), device, dtype)

@@ -1,0 +1,84 @@
+"""Cache-sized batch chunks shared over the CPU cores, with BLAS kept single-threaded meanwhile.
+
+The convolution kernels (im2col, col2im, Winograd's transforms and GEMMs) work on one chunk of the
+batch at a time so the chunk's temporaries stay in the L2/L3 cache; a thread pool with one worker per
+core runs the chunks side by side (numpy releases the GIL in copies, ufunc loops and BLAS calls).
+A chunk that calls BLAS must not start BLAS threads of its own on top of the pool's: :func:`over_batch`
+limits BLAS to one thread for the whole call (once per call, not per chunk: entering the limit costs
+a few microseconds, but BLAS re-spinning its threads on every switch cost more than it saved).
+
+On one core the same chunks run one after another; on cupy the work is one call over the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
+_blas: Any = None  # threadpoolctl's controller, built once (listing the BLAS libraries takes ~0.5 ms)
+
+
+def threads() -> int:
+    """Worker threads for the chunks: ``MINIRES_NUM_THREADS`` if set, else the cores this process may run on."""
+    setting = os.environ.get("MINIRES_NUM_THREADS", "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"MINIRES_NUM_THREADS must be a positive integer, got {setting!r}")
+        return int(setting)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS limited to one thread inside the block (a no-op without threadpoolctl)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn, a dependency
+            _blas = False
+        else:
+            _blas = ThreadpoolController()
+    if _blas is False:
+        yield
+        return
+    with _blas.limit(limits=1, user_api="blas"):
+        yield
+
+
+def chunk_size(n: int, sample_bytes: int, target_bytes: int) -> int:
+    """Samples per chunk: about ``target_bytes`` of work each, and at least one chunk per core."""
+    return max(1, min(-(-n // threads()), target_bytes // max(sample_bytes, 1)))
+
+
+def over_batch(
+    xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], Any], target_bytes: int, blas: bool = False
+) -> list[Any]:
+    """Run ``work(start, stop)`` over chunks of the batch axis and return the results in order.
+
+    ``sample_bytes`` is the size of one sample's working set, ``target_bytes`` that of a chunk.
+    ``blas=True`` says the work calls BLAS: it then runs single-threaded while the pool runs.
+    """
+    global _pool
+    if xp is not np or n < 2:
+        return [work(0, n)]
+    workers = threads()
+    step = chunk_size(n, sample_bytes, target_bytes)
+    starts = range(0, n, step)
+    if workers < 2:  # one core: the same cache-sized chunks, one after another
+        return [work(a, min(a + step, n)) for a in starts]
+    if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
+        _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minires"))
+    pool = _pool[1]
+    if not blas:
+        return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
+    with single_threaded_blas():
+        return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
