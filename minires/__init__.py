@@ -8,7 +8,7 @@ import numpy as _np
 import minires.autograd.functional  # noqa: E402,F401 - mr.autograd.functional (needs Tensor, so imported last)
 from minires import autograd, backends, cuda
 from minires.autograd.function import Context, Function
-from minires.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from minires.autograd.grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from minires.creation import (
     arange,
     as_tensor,
@@ -37,9 +37,14 @@ from minires.ops import (
     cat,
     clamp,
     clip,
+    clone,
     exp,
     expand,
     flatten,
+    flip,
+    gather,
+    isfinite,
+    isnan,
     log,
     log_softmax,
     matmul,
@@ -50,13 +55,16 @@ from minires.ops import (
     minimum,
     pad,
     permute,
+    pow,
     relu,
     reshape,
+    scatter_add,
     sigmoid,
     softmax,
     sqrt,
     squeeze,
     stack,
+    std,
     sum,
     tanh,
     transpose,
@@ -80,14 +88,14 @@ half, float, double, long = float16, float32, float64, int64  # noqa: A001 - PyT
 __version__ = "0.1.0"
 
 __all__ = [
-    "Context", "Function", "GradcheckError", "Tensor", "abs", "amax", "amin", "arange", "argmax",
-    "argmin", "as_tensor", "autograd", "backends", "bool_", "cat", "clamp", "clip", "cuda", "double", "enable_grad", "exp",
-    "expand", "eye", "flatten", "float", "float16", "float32", "float64", "full", "full_like",
-    "get_rng_state", "gradcheck", "gradgradcheck", "half", "int32", "int64", "is_grad_enabled", "linspace", "load",
-    "load_torch", "load_tree",
-    "log", "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min",
-    "minimum", "no_grad", "ones", "ones_like", "pad", "permute", "rand", "randint", "randn",
-    "randperm", "relu", "reshape", "save", "save_tree", "set_grad_enabled", "set_rng_state", "sigmoid",
-    "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "tensor", "transpose", "unsqueeze", "unwrap_state_dict",
-    "var", "where", "zeros", "zeros_like",
+    "abs", "amax", "amin", "arange", "argmax", "argmin", "as_tensor", "autograd", "backends", "bool_", "cat",
+    "clamp", "clip", "clone", "Context", "cuda", "double", "enable_grad", "exp", "expand", "eye",
+    "flatten", "flip", "float", "float16", "float32", "float64", "full", "full_like", "Function",
+    "gather", "get_rng_state", "gradcheck", "GradcheckError", "gradgradcheck", "half", "inference_mode", "int32",
+    "int64", "is_grad_enabled", "isfinite", "isnan", "linspace", "load", "load_torch", "load_tree",
+    "log", "log_softmax", "long", "manual_seed", "matmul", "max", "maximum", "mean", "min", "minimum",
+    "no_grad", "ones", "ones_like", "pad", "permute", "pow", "rand", "randint", "randn", "randperm",
+    "relu", "reshape", "save", "save_tree", "scatter_add", "set_grad_enabled", "set_rng_state",
+    "sigmoid", "softmax", "sqrt", "squeeze", "stack", "std", "sum", "tanh", "Tensor", "tensor",
+    "transpose", "unsqueeze", "unwrap_state_dict", "var", "where", "zeros", "zeros_like",
 ]

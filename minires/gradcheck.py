@@ -43,6 +43,16 @@ def _flat_outputs(fn: Callable[..., Any], inputs: Sequence[Any]) -> np.ndarray:
     return np.concatenate([backend.to_numpy(o.data).astype(np.float64).ravel() for o in diff])
 
 
+def _graph_leaves(root: Tensor) -> list[Tensor]:
+    """The leaf tensors whose .grad a backward from ``root`` would accumulate into."""
+    from minires.autograd.engine import topological_order
+    from minires.autograd.function import LeafEdge
+
+    if root.grad_fn is None:
+        return [root]
+    return [edge.tensor for node in topological_order(root.grad_fn) for edge in node.edges if type(edge) is LeafEdge]
+
+
 def _vjp(fn: Callable[..., Any], inputs: Sequence[Any], targets: list[Tensor], cotangent: np.ndarray) -> list[np.ndarray]:
     """Gradient of <cotangent, flat outputs> for each target input, via backward."""
     for t in targets:
@@ -60,7 +70,13 @@ def _vjp(fn: Callable[..., Any], inputs: Sequence[Any], targets: list[Tensor], c
                 total = term if total is None else total + term
             offset += n
         if total is not None:
+            # Only the targets' gradients are wanted: leaves that fn reaches otherwise (a module's
+            # parameters) get their .grad back as it was, as torch.autograd.gradcheck leaves them.
+            others = {id(t): t for t in _graph_leaves(total) if not any(t is u for u in targets)}
+            kept = {key: t.grad for key, t in others.items()}
             total.backward()
+            for key, t in others.items():
+                t._grad = kept[key]
     grads = []
     for t in targets:
         grads.append(np.zeros(t.shape) if t.grad is None else backend.to_numpy(t.grad.data).astype(np.float64))

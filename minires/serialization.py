@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -74,6 +75,7 @@ def _write_npz(arrays: dict[str, np.ndarray], path: str | os.PathLike[str]) -> N
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file 0600; give it the mode open() would
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -83,6 +85,13 @@ def _write_npz(arrays: dict[str, np.ndarray], path: str | os.PathLike[str]) -> N
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -99,10 +108,12 @@ def _open_npz(path: str | os.PathLike[str], op: str) -> Iterator[Any]:
         with np.load(path, allow_pickle=False) as data:
             yield data
     except ValueError as exc:
+        if str(exc).startswith(f"{op}: "):  # our own message, raised while reading the file
+            raise
         if "pickle" in str(exc):
             raise ValueError(f"{op}: {path!r} holds pickled objects, which minires refuses to load ({exc})") from None
         raise ValueError(f"{op}: {path!r} is not a readable .npz file (ValueError: {exc})") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # zlib: a damaged compressed entry
         raise ValueError(f"{op}: {path!r} is not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
@@ -178,7 +189,12 @@ def load_tree(path: str | os.PathLike[str], sections: Sequence[str] | None = Non
     arrays of the others are never read). Never unpickles anything."""
     with _open_npz(path, "load_tree") as data:
         if TREE_KEY not in data.files:
-            raise ValueError(f"load_tree: {os.fspath(path)!r} was not written by save_tree (no {TREE_KEY!r} entry)")
+            example = f" such as {data.files[0]!r}" if data.files else ""
+            raise ValueError(
+                f"load_tree: {os.fspath(path)!r} was not written by save_tree (no {TREE_KEY!r} index): it holds "
+                f"{len(data.files)} plain arrays{example}, as mr.save or np.savez write them (a state dict?). "
+                "Read it with mr.load(path), e.g. model.load_state_dict(mr.load(path))"
+            )
         try:
             index = json.loads(str(data[TREE_KEY]))
         except json.JSONDecodeError as exc:

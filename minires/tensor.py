@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from minires import backend
 from minires.autograd.engine import root_gradient, run_backward
 from minires.autograd.grad_mode import is_grad_enabled
+from minires.autograd.inplace import apply_inplace
 
 DEFAULT_FLOAT = np.dtype(np.float32)
 
@@ -22,6 +24,36 @@ def _dim_args(name: str, dim: Any, keepdim: bool, axis: Any, keepdims: Any) -> t
     if keepdims is not None:
         keepdim = keepdims
     return dim, bool(keepdim)
+
+
+_DTYPE_NAMES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32", "bool": "bool"}
+
+
+def _as_dtype(value: Any) -> np.dtype | None:
+    """``value`` as a dtype when ``to`` should read it as one: a numpy dtype or scalar type, or a name
+    ("float64", "torch.float32", PyTorch's aliases "float", "double", "half", "long", "int", "bool");
+    None for anything else (a device)."""
+    if isinstance(value, (np.dtype, type)):
+        return np.dtype(value)
+    if isinstance(value, str) and value.split(":")[0].lower() not in ("cpu", "cuda"):
+        name = value.removeprefix("torch.")
+        try:
+            return np.dtype(_DTYPE_NAMES.get(name, name))
+        except TypeError:
+            return None
+    return None
+
+
+def _check_same_meta(what: str, array: Any, tensor: Tensor) -> None:
+    """Raise unless ``array`` matches ``tensor`` in shape, dtype and device (gradients must)."""
+    if tuple(array.shape) != tensor.shape:
+        raise RuntimeError(f"{what} has shape {tuple(array.shape)}, expected the tensor's shape {tensor.shape}")
+    if array.dtype != tensor.dtype:
+        raise RuntimeError(f"{what} has dtype {array.dtype}, expected the tensor's dtype {tensor.dtype} (shape {tensor.shape})")
+    if backend.device_of(array) != tensor.device:
+        raise RuntimeError(
+            f"{what} is on {backend.device_of(array)}, expected the tensor's device {tensor.device} (shape {tensor.shape})"
+        )
 
 
 class RemovableHandle:
@@ -38,6 +70,20 @@ class RemovableHandle:
     __call__ = remove
 
 
+class _VersionCounter:
+    """How many times a tensor's data has been changed in place; shared by a tensor and its views.
+
+    ``views`` holds weak references to views that take part in autograd, so an in-place op recorded
+    on their base can refuse to make them stale.
+    """
+
+    __slots__ = ("version", "views")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.views: list[Any] = []
+
+
 class Tensor:
     """An n-dimensional array that can record the ops applied to it and backpropagate through them.
 
@@ -50,12 +96,16 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False) -> None:
         if isinstance(data, Tensor):
             data = data.data
+        if getattr(data, "dtype", None) is not None and data.dtype.kind not in "biufc":
+            raise TypeError(f"Tensor: cannot hold an array of dtype {data.dtype} (only bool, integer and float data)")
         self.data = data
-        self.grad: Tensor | None = None
+        self._grad: Tensor | None = None
         self.grad_fn: Any = None
         self._output_index = 0
         self._hooks: list[Callable[[Tensor], Any]] = []
         self._retains_grad = False
+        self._vc = _VersionCounter()
+        self._base: Tensor | None = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -64,13 +114,49 @@ class Tensor:
     def _from_array(cls, array: Any) -> Tensor:
         t = cls.__new__(cls)
         t.data = array
-        t.grad = None
+        t._grad = None
         t.grad_fn = None
         t._output_index = 0
         t._hooks = []
         t._retains_grad = False
+        t._vc = _VersionCounter()
+        t._base = None
         t.requires_grad = False
         return t
+
+    def _make_view_of(self, base: Tensor) -> None:
+        """Share ``base``'s version counter: this tensor's data is a view of ``base``'s. Views of a
+        non-leaf in a recorded graph are remembered (weakly) so in-place ops on the base can refuse."""
+        self._vc = base._vc
+        self._base = base._base if base._base is not None else base
+        if base.requires_grad and base.grad_fn is not None and is_grad_enabled():
+            views = self._vc.views
+            if len(views) >= 16:
+                views[:] = [r for r in views if r() is not None]
+            views.append(weakref.ref(self))
+
+    # ----- versions and in-place changes ----------------------------------------------------
+    @property
+    def _version(self) -> int:
+        """How many in-place changes this tensor's data (or a view sharing it) has seen (PyTorch's ``_version``)."""
+        return self._vc.version
+
+    def _bump_version(self) -> None:
+        """Record an in-place change of ``data`` (done by minires: in-place ops, optimizers, init, loading)."""
+        self._vc.version += 1
+
+    @property
+    def grad(self) -> Tensor | None:
+        """The accumulated gradient (a Tensor shaped like this one), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        if value is not None:
+            if not isinstance(value, Tensor):
+                raise TypeError(f"grad: assigned grad must be a Tensor or None, got {type(value).__name__}")
+            _check_same_meta("grad: assigned grad", value.data, self)
+        self._grad = value
 
     # ----- properties -------------------------------------------------------------------------
     @property
@@ -125,11 +211,21 @@ class Tensor:
         return self.numpy().tolist()
 
     def to(self, device: Any = None, dtype: Any = None) -> Tensor:
-        """A copy on another device and/or with another dtype (differentiable); self if nothing changes."""
+        """A copy on another device and/or with another dtype (differentiable); self if nothing changes.
+
+        ``t.to("cuda")``, ``t.to(mr.float64)``, ``t.to("float64")``, ``t.to("cpu", mr.float16)``,
+        ``t.to(other)`` (other's device and dtype)."""
         from minires.ops.shape import to_device_dtype
 
-        if isinstance(device, (np.dtype, type)) and dtype is None:
-            device, dtype = None, device
+        if isinstance(device, Tensor):  # t.to(other): other's device and dtype, as PyTorch
+            device, dtype = device.device, device.dtype
+        elif dtype is None and _as_dtype(device) is not None:
+            device, dtype = None, _as_dtype(device)
+        elif isinstance(dtype, str):
+            parsed = _as_dtype(dtype)
+            if parsed is None:
+                raise TypeError(f"to: {dtype!r} is not a dtype (use e.g. mr.float64 or 'float64')")
+            dtype = parsed
         return to_device_dtype(self, device, dtype)
 
     def cpu(self) -> Tensor:
@@ -172,8 +268,14 @@ class Tensor:
         return self
 
     def detach(self) -> Tensor:
-        """The same data, cut off from the graph."""
-        return Tensor._from_array(self.data)
+        """The same data, cut off from the graph (shares the version counter, as PyTorch)."""
+        out = Tensor._from_array(self.data)
+        out._vc = self._vc
+        return out
+
+    def clone(self) -> Tensor:
+        """A copy of the data with its own memory; differentiable (the gradient passes through)."""
+        return _ops.clone(self)
 
     def retain_grad(self) -> None:
         """Keep ``.grad`` on a non-leaf tensor after backward."""
@@ -201,9 +303,9 @@ class Tensor:
         if self.grad is None:
             # A fresh, writable array of our own: backward may hand over a read-only broadcast view
             # (sum's backward), the same array it gave another input (add's), or the caller's gradient.
-            self.grad = Tensor._from_array(backend.xp_of(grad).array(grad, copy=True))
+            self._grad = Tensor._from_array(backend.xp_of(grad).array(grad, copy=True))
         else:
-            self.grad = Tensor._from_array(backend.xp_of(grad).asarray(self.grad.data + grad))
+            self._grad = Tensor._from_array(backend.xp_of(grad).asarray(self._grad.data + grad))
 
     def backward(self, gradient: Any = None, retain_graph: bool | None = None, create_graph: bool = False) -> None:
         """Compute the gradient of this tensor with respect to every leaf that requires grad.
@@ -216,10 +318,89 @@ class Tensor:
         keep = create_graph if retain_graph is None else retain_graph
         run_backward([self], [grad], retain_graph=keep, create_graph=create_graph)
 
+    # ----- in-place ops (PyTorch's rules: minires/autograd/inplace.py) ------------------------
+    def _inplace(self, name: str, compute: Callable[..., Tensor], *others: Any) -> Tensor:
+        """Change this tensor's data to ``compute(self, *others)`` in place (see :func:`apply_inplace`)."""
+        return apply_inplace(self, name, compute, *others)
+
+    def __iadd__(self, other: Any) -> Tensor:
+        return self._inplace("add_", _ops.add, other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self._inplace("sub_", _ops.sub, other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self._inplace("mul_", _ops.mul, other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self._inplace("div_", _ops.div, other)
+
+    def __ipow__(self, other: Any) -> Tensor:
+        return self._inplace("pow_", _ops.pow, other)
+
+    def add_(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self += alpha * other, in place."""
+        if alpha == 1:
+            return self._inplace("add_", _ops.add, other)
+        return self._inplace("add_", lambda s, o: _ops.add(s, _ops.mul(o, alpha)), other)
+
+    def sub_(self, other: Any, *, alpha: Any = 1) -> Tensor:
+        """self -= alpha * other, in place."""
+        if alpha == 1:
+            return self._inplace("sub_", _ops.sub, other)
+        return self._inplace("sub_", lambda s, o: _ops.sub(s, _ops.mul(o, alpha)), other)
+
+    def mul_(self, other: Any) -> Tensor:
+        return self._inplace("mul_", _ops.mul, other)
+
+    def div_(self, other: Any) -> Tensor:
+        return self._inplace("div_", _ops.div, other)
+
+    def pow_(self, other: Any) -> Tensor:
+        return self._inplace("pow_", _ops.pow, other)
+
+    def neg_(self) -> Tensor:
+        return self._inplace("neg_", _ops.neg)
+
+    def exp_(self) -> Tensor:
+        return self._inplace("exp_", _ops.exp)
+
+    def sqrt_(self) -> Tensor:
+        return self._inplace("sqrt_", _ops.sqrt)
+
+    def addcmul_(self, tensor1: Any, tensor2: Any, *, value: Any = 1) -> Tensor:
+        """self += value * tensor1 * tensor2, in place (an Adam-style update)."""
+        return self._inplace("addcmul_", lambda s, a, b: _ops.add(s, _ops.mul(_ops.mul(a, b), value)), tensor1, tensor2)
+
+    def addcdiv_(self, tensor1: Any, tensor2: Any, *, value: Any = 1) -> Tensor:
+        """self += value * tensor1 / tensor2, in place."""
+        return self._inplace("addcdiv_", lambda s, a, b: _ops.add(s, _ops.mul(_ops.div(a, b), value)), tensor1, tensor2)
+
+    def lerp_(self, end: Any, weight: Any) -> Tensor:
+        """self += weight * (end - self), in place (an exponential moving average)."""
+        return self._inplace("lerp_", lambda s, e: _ops.add(s, _ops.mul(_ops.sub(e, s), weight)), end)
+
+    def clamp_(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002 - PyTorch's names
+        return self._inplace("clamp_", lambda s: _ops.clamp(s, min, max))
+
+    clip_ = clamp_
+
+    def relu_(self) -> Tensor:
+        return self._inplace("relu_", _ops.relu)
+
     def zero_(self) -> Tensor:
-        """Fill with zeros in place (for ``.grad`` tensors and data outside the graph)."""
-        self.data[...] = 0
-        return self
+        """Fill with zeros in place."""
+        return self.fill_(0)
+
+    def fill_(self, value: Any) -> Tensor:
+        """Fill with ``value`` (a number or a one-element tensor) in place; the old values get no gradient."""
+        return self._inplace("fill_", lambda s, v: _ops.index_put(s, Ellipsis, v), value)
+
+    def copy_(self, src: Any) -> Tensor:
+        """Copy ``src`` (broadcast to this shape, cast to this dtype and device) into this tensor in place."""
+        src = src if isinstance(src, Tensor) else Tensor._from_array(np.asarray(src))
+
+        return self._inplace("copy_", lambda s, o: _ops.index_put(s, Ellipsis, o.to(s.device, s.dtype)), src)
 
     # ----- printing ---------------------------------------------------------------------------
     def __repr__(self) -> str:
@@ -325,12 +506,13 @@ class Tensor:
         return _ops.getitem(self, index)
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        if self.requires_grad and is_grad_enabled():
-            raise RuntimeError(
-                "setitem: in-place assignment into a tensor that requires grad would corrupt the graph; "
-                "do it under mr.no_grad() or build a new tensor (e.g. with mr.where)"
-            )
+        """``x[index] = value`` in place, with the rules of the in-place ops (recorded on non-leaves)."""
+        if is_grad_enabled() and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+            self._inplace("setitem", lambda s, v: _ops.index_put(s, index, v), value)
+            return
+        # nothing to record: write straight into the array (no copy of the whole tensor per assignment)
         self.data[_ops.shape.raw_index(index)] = value.data if isinstance(value, Tensor) else value
+        self._vc.version += 1
 
     # ----- math methods -------------------------------------------------------------------------
     def exp(self) -> Tensor:
@@ -378,13 +560,19 @@ class Tensor:
         dim: Any = None,
         keepdim: bool = False,
         *,
-        unbiased: bool = True,
+        unbiased: bool | None = None,
+        correction: Any = None,
         axis: Any = None,
         keepdims: Any = None,
     ) -> Tensor:
-        """Variance; ``unbiased=True`` divides by n - 1 (PyTorch's default), False by n (numpy's)."""
+        """Variance dividing by n - correction: 1 by default (PyTorch's), ``correction=0`` (or
+        ``unbiased=False``) divides by n (numpy's)."""
         dim, keepdim = _dim_args("var", dim, keepdim, axis, keepdims)
-        return _ops.var(self, dim, keepdim, unbiased)
+        return _ops.var(self, dim, keepdim, unbiased, correction=correction)
+
+    def std(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Standard deviation: sqrt of :meth:`var`, with the same arguments."""
+        return self.var(*args, **kwargs).sqrt()
 
     def max(self, dim: Any = None, keepdim: bool = False, *, axis: Any = None, keepdims: Any = None) -> Any:
         """``max()`` -> the largest value; ``max(dim)`` -> (values, indices) as PyTorch."""
@@ -437,6 +625,24 @@ class Tensor:
 
     def expand(self, *shape: Any) -> Tensor:
         return _ops.expand(self, *shape)
+
+    def flip(self, *dims: Any) -> Tensor:
+        return _ops.flip(self, dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims)
+
+    def gather(self, dim: int, index: Any) -> Tensor:
+        return _ops.gather(self, dim, index)
+
+    def scatter_add(self, dim: int, index: Any, src: Any) -> Tensor:
+        return _ops.scatter_add(self, dim, index, src)
+
+    def isfinite(self) -> Tensor:
+        return _ops.isfinite(self)
+
+    def isnan(self) -> Tensor:
+        return _ops.isnan(self)
+
+    def pow(self, exponent: Any) -> Tensor:
+        return _ops.pow(self, exponent)
 
 
 from minires import ops as _ops  # noqa: E402  (ops import Tensor; the methods above call them)

@@ -12,6 +12,12 @@ rejected input. A complete property test::
         t = mr.tensor(x, requires_grad=True)          # float64 data
         assert mr.gradcheck(mr.relu, [t])
 
+What there is: shapes (:func:`shapes`, :func:`broadcastable_shapes` with ``.result_shape``), arrays
+(:func:`float_arrays`, :func:`arrays_away_from` kinks, :func:`arrays_without_ties`; ``dtype`` may be a
+strategy), Tensors (:func:`tensors`), arguments (:func:`valid_dims`, :func:`basic_indices`,
+:func:`integer_array_indices`, :func:`class_targets`) and whole conv/pool calls (:func:`conv_configs`,
+:func:`pool_configs`, whose ``.kwargs`` go straight into ``F.conv2d`` / ``F.max_pool2d``).
+
 Requires the ``hypothesis`` package (the ``test`` extra).
 """
 
@@ -32,39 +38,70 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("minires.testing needs hypothesis: pip install 'minires[test]'") from exc
 
 
+def _dtype(draw: st.DrawFn, dtype: Any) -> np.dtype:
+    """``dtype`` as a numpy dtype; a strategy (e.g. ``st.sampled_from([np.float32, np.float64])``) is drawn from."""
+    return np.dtype(draw(dtype) if isinstance(dtype, st.SearchStrategy) else dtype)
+
+
+def _shape(draw: st.DrawFn, shape: Any) -> tuple[int, ...]:
+    return tuple(draw(shape) if isinstance(shape, st.SearchStrategy) else shape)
+
+
+def _floats(low: float, high: float, dtype: np.dtype) -> st.SearchStrategy[float]:
+    """Finite floats in [low, high], exactly representable in ``dtype``."""
+    return st.floats(low, high, allow_nan=False, allow_infinity=False, width=dtype.itemsize * 8)
+
+
 def shapes(min_dims: int = 0, max_dims: int = 4, min_side: int = 1, max_side: int = 5) -> st.SearchStrategy[tuple[int, ...]]:
     """Array shapes, e.g. ``(3, 1, 4)``."""
     return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
 
 
+class BroadcastShapes(tuple):
+    """The input shapes (unpack it as a tuple: ``sa, sb = shapes``) plus ``result_shape``, the shape they
+    broadcast to."""
+
+    result_shape: tuple[int, ...]
+
+    def __new__(cls, input_shapes: Sequence[tuple[int, ...]], result_shape: tuple[int, ...]) -> BroadcastShapes:
+        out = super().__new__(cls, input_shapes)
+        out.result_shape = tuple(result_shape)
+        return out
+
+
 def broadcastable_shapes(
     num_shapes: int = 2, min_dims: int = 0, max_dims: int = 4, max_side: int = 5
-) -> st.SearchStrategy[tuple[tuple[int, ...], ...]]:
-    """A tuple of ``num_shapes`` shapes that broadcast together (dims of 1 and missing leading dims)."""
+) -> st.SearchStrategy[BroadcastShapes]:
+    """``num_shapes`` shapes that broadcast together (dims of 1 and missing leading dims), as a tuple
+    that also carries ``.result_shape``: ``shapes = draw(broadcastable_shapes()); a, b = shapes``."""
     return hnp.mutually_broadcastable_shapes(
         num_shapes=num_shapes, min_dims=min_dims, max_dims=max_dims, max_side=max_side
-    ).map(lambda bs: bs.input_shapes)
+    ).map(lambda bs: BroadcastShapes(bs.input_shapes, bs.result_shape))
 
 
+@st.composite
 def float_arrays(
+    draw: st.DrawFn,
     shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]],
     low: float = -3.0,
     high: float = 3.0,
     dtype: Any = np.float64,
-) -> st.SearchStrategy[np.ndarray]:
-    """Arrays of finite floats in [low, high] (float64 by default, for gradchecks)."""
-    elements = st.floats(low, high, allow_nan=False, allow_infinity=False, width=np.dtype(dtype).itemsize * 8)
-    return hnp.arrays(np.dtype(dtype), shape, elements=elements)
+) -> np.ndarray:
+    """Arrays of finite floats in [low, high] (float64 by default, for gradchecks; ``dtype`` may be a strategy)."""
+    dt = _dtype(draw, dtype)
+    return draw(hnp.arrays(dt, _shape(draw, shape), elements=_floats(low, high, dt)))
 
 
+@st.composite
 def arrays_away_from(
+    draw: st.DrawFn,
     shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]],
     kinks: Sequence[float] = (0.0,),
     margin: float = 1e-2,
     low: float = -3.0,
     high: float = 3.0,
     dtype: Any = np.float64,
-) -> st.SearchStrategy[np.ndarray]:
+) -> np.ndarray:
     """Float arrays whose every element is at least ``margin`` from each kink (e.g. 0 for relu/abs).
 
     Finite differences straddling a kink measure neither side's slope; keep them apart on purpose
@@ -73,8 +110,8 @@ def arrays_away_from(
     def away(v: float) -> bool:
         return all(abs(v - k) >= margin for k in kinks)
 
-    elements = st.floats(low, high, allow_nan=False, allow_infinity=False).filter(away)
-    return hnp.arrays(np.dtype(dtype), shape, elements=elements)
+    dt = _dtype(draw, dtype)
+    return draw(hnp.arrays(dt, _shape(draw, shape), elements=_floats(low, high, dt).filter(away)))
 
 
 @st.composite
@@ -86,24 +123,107 @@ def arrays_without_ties(
     high: float = 3.0,
     dtype: Any = np.float64,
 ) -> np.ndarray:
-    """Float arrays whose values all differ pairwise by at least ``gap`` (no max/min ties).
+    """Float arrays in [low, high] whose values all differ pairwise by at least ``gap`` (no max/min ties).
 
     Max and max-pool are not differentiable where two candidates tie; a finite difference of size
-    eps << gap never reorders them.
+    eps << gap never reorders them. Raises ValueError when the values cannot fit in the range.
     """
-    if isinstance(shape, st.SearchStrategy):
-        shape = draw(shape)
+    shape = _shape(draw, shape)
+    dt = _dtype(draw, dtype)
     n = int(np.prod(shape))
-    span = high - low
-    if n and (n - 1) * gap > span:
-        high = low + (n - 1) * gap * 1.5  # widen the range so n distinct values fit
-        span = high - low
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    slots = max(int(span / gap), n)
+    jitter = gap / 4
+    slots = int(np.floor((high - low - jitter) / gap + 1e-9)) + 1 if high - low >= jitter else 0
+    if n > slots:
+        raise ValueError(
+            f"arrays_without_ties: {n} values at least {gap} apart do not fit in [{low}, {high}] "
+            f"(room for {slots}); widen the range, lower gap or draw smaller shapes"
+        )
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     picks = rng.choice(slots, size=n, replace=False)
-    values = low + picks * gap + draw(st.floats(0, gap / 4))
-    return values.reshape(shape).astype(dtype)
+    values = low + picks * gap + draw(st.floats(0, jitter))
+    return np.minimum(values, high).reshape(shape).astype(dt)
+
+
+@st.composite
+def tensors(
+    draw: st.DrawFn,
+    dtype: Any = np.float64,
+    shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]] | None = None,
+    requires_grad: bool | st.SearchStrategy[bool] = False,
+    elements: st.SearchStrategy[Any] | None = None,
+    device: str = "cpu",
+) -> Any:
+    """minires Tensors (float64 by default, any shape from :func:`shapes`), a new leaf each draw.
+
+    ``elements`` draws the values (default: finite floats in [-3, 3] for float dtypes, ints in
+    [-5, 5] for integer ones, booleans for bool); ``dtype`` and ``requires_grad`` may be strategies.
+    """
+    import minires as mr
+
+    dt = _dtype(draw, dtype)
+    shape = _shape(draw, shapes() if shape is None else shape)
+    if elements is None:
+        if dt.kind == "f":
+            elements = _floats(-3.0, 3.0, dt)
+        elif dt.kind == "b":
+            elements = st.booleans()
+        else:
+            elements = st.integers(0 if dt.kind == "u" else -5, 5)
+    array = draw(hnp.arrays(dt, shape, elements=elements))
+    grad = draw(requires_grad) if isinstance(requires_grad, st.SearchStrategy) else requires_grad
+    return mr.tensor(array, device=device, requires_grad=bool(grad))
+
+
+@st.composite
+def valid_dims(
+    draw: st.DrawFn, ndim: int | tuple[int, ...], allow_none: bool = True, allow_tuple: bool = True, min_dims: int = 1
+) -> int | tuple[int, ...] | None:
+    """A ``dim`` argument valid for a tensor with ``ndim`` dims (or of that shape): None (all dims, when
+    allowed), an int in [-ndim, ndim) (negatives included), or a tuple of distinct dims."""
+    ndim = len(ndim) if isinstance(ndim, tuple) else int(ndim)
+    options = []
+    if allow_none:
+        options.append(st.none())
+    if ndim:
+        options.append(st.integers(-ndim, ndim - 1))
+        if allow_tuple:
+            options.append(
+                st.lists(st.integers(0, ndim - 1), min_size=min(min_dims, ndim), max_size=ndim, unique=True).flatmap(
+                    lambda dims: st.tuples(*(st.sampled_from([d, d - ndim]) for d in dims))
+                )
+            )
+    if not options:
+        raise ValueError("valid_dims: a 0-d tensor has no dims to draw; allow_none=True draws None")
+    return draw(st.one_of(options))
+
+
+def basic_indices(shape: tuple[int, ...], allow_newaxis: bool = False, allow_ellipsis: bool = True) -> st.SearchStrategy[Any]:
+    """Basic indices (ints, slices, Ellipsis, None when allowed) valid for ``shape``: ``x[index]`` is a view."""
+    return hnp.basic_indices(shape, allow_newaxis=allow_newaxis, allow_ellipsis=allow_ellipsis)
+
+
+def integer_array_indices(
+    shape: tuple[int, ...], result_shape: st.SearchStrategy[tuple[int, ...]] | None = None
+) -> st.SearchStrategy[Any]:
+    """Integer-array ("advanced") indices for ``shape``: a tuple of int64 arrays, one per leading dim,
+    all in range (negatives included), repeats allowed (the gradient must accumulate them)."""
+    if result_shape is None:
+        result_shape = shapes(min_dims=1, max_dims=2, max_side=4)
+    return hnp.integer_array_indices(shape, result_shape=result_shape)
+
+
+@st.composite
+def class_targets(
+    draw: st.DrawFn, batch: int | tuple[int, ...] | st.SearchStrategy[Any], num_classes: int, ignore_index: int | None = None
+) -> np.ndarray:
+    """int64 class indices in [0, num_classes) of shape ``batch`` (an int N, a shape, or a strategy), as
+    cross_entropy / nll_loss take; with ``ignore_index``, some entries may be that value."""
+    shape = draw(batch) if isinstance(batch, st.SearchStrategy) else batch
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    values = st.integers(0, num_classes - 1)
+    if ignore_index is not None:
+        values = st.one_of(values, st.just(ignore_index))
+    return draw(hnp.arrays(np.int64, shape, elements=values))
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool = False) -> int:
@@ -138,7 +258,7 @@ class ConvConfig:
     width: int
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
-    padding: tuple[int, int]
+    padding: tuple[int, int] | str  # or "same" (stride 1; the output keeps the input's size)
     dilation: tuple[int, int]
 
     @property
@@ -151,9 +271,22 @@ class ConvConfig:
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
+        if self.padding == "same":
+            return (self.batch, self.out_channels, self.height, self.width)
         oh = conv_output_size(self.height, self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
         ow = conv_output_size(self.width, self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
         return (self.batch, self.out_channels, oh, ow)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the call: ``F.conv2d(x, w, **cfg.kwargs)`` (also ``torch.nn.functional.conv2d``)."""
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation, "groups": self.groups}
+
+    @property
+    def module_kwargs(self) -> dict[str, Any]:
+        """The arguments of the layer: ``nn.Conv2d(**cfg.module_kwargs)``."""
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": self.kernel_size,
+                **self.kwargs}
 
 
 @st.composite
@@ -167,8 +300,13 @@ def conv_configs(
     max_stride: int = 3,
     max_padding: int = 2,
     max_dilation: int = 2,
+    same_padding: bool | None = False,
 ) -> ConvConfig:
-    """Conv2d configurations (shapes, kernel, stride, padding, dilation, groups) valid by construction."""
+    """Conv2d configurations (shapes, kernel, stride, padding, dilation, groups) valid by construction.
+
+    ``same_padding``: False never, True always, None sometimes draws ``padding="same"`` (with stride 1).
+    """
+    same = draw(st.booleans()) if same_padding is None else same_padding
     groups = draw(st.integers(1, max_groups))
     cin = groups * draw(st.integers(1, max(1, max_channels // groups)))
     cout = groups * draw(st.integers(1, max(1, max_channels // groups)))
@@ -183,8 +321,8 @@ def conv_configs(
         height=h,
         width=w,
         kernel_size=(kh, kw),
-        stride=(sh, sw),
-        padding=(ph, pw),
+        stride=(1, 1) if same else (sh, sw),
+        padding="same" if same else (ph, pw),
         dilation=(dh, dw),
     )
 
@@ -214,6 +352,19 @@ class PoolConfig:
             for n, k, s, p, d in zip((self.height, self.width), self.kernel_size, self.stride, self.padding, self.dilation)
         ]
         return (self.batch, self.channels, out[0], out[1])
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """``F.max_pool2d(x, **cfg.kwargs)`` (avg_pool2d takes no dilation: use ``avg_kwargs``)."""
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "dilation": self.dilation, "ceil_mode": self.ceil_mode}
+
+    @property
+    def avg_kwargs(self) -> dict[str, Any]:
+        """``F.avg_pool2d(x, **cfg.avg_kwargs)`` (draw with ``allow_dilation=False``)."""
+        if self.dilation != (1, 1):
+            raise ValueError("PoolConfig.avg_kwargs: avg_pool2d has no dilation; draw with pool_configs(allow_dilation=False)")
+        return {k: v for k, v in self.kwargs.items() if k != "dilation"}
 
 
 @st.composite
@@ -253,15 +404,21 @@ def pool_configs(
 from minires.check_grads import check_grads  # noqa: E402 - JAX's check_grads, part of the testing toolkit
 
 __all__ = [
+    "BroadcastShapes",
     "check_grads",
     "ConvConfig",
     "PoolConfig",
     "arrays_away_from",
     "arrays_without_ties",
+    "basic_indices",
     "broadcastable_shapes",
+    "class_targets",
     "conv_configs",
     "conv_output_size",
     "float_arrays",
+    "integer_array_indices",
     "pool_configs",
     "shapes",
+    "tensors",
+    "valid_dims",
 ]

@@ -4,18 +4,26 @@ conv/pool configurations that are valid (checked against a brute-force count of 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
+import minires as mr
+import minires.nn.functional as F
 from minires.testing import (
     arrays_away_from,
     arrays_without_ties,
+    basic_indices,
     broadcastable_shapes,
+    class_targets,
     conv_configs,
     conv_output_size,
     float_arrays,
+    integer_array_indices,
     pool_configs,
     shapes,
+    tensors,
+    valid_dims,
 )
 
 
@@ -28,8 +36,83 @@ def test_shapes_respect_their_bounds(shape):
 @given(pair=broadcastable_shapes(3, max_dims=3, max_side=4))
 def test_broadcastable_shapes_broadcast(pair):
     assert len(pair) == 3
-    np.broadcast_shapes(*pair)  # raises if they do not
+    assert np.broadcast_shapes(*pair) == pair.result_shape  # raises if they do not broadcast
+    a, b, c = pair  # still unpacks as a tuple of shapes
     assert all(len(s) <= 3 and all(n <= 4 for n in s) for s in pair)
+
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+@given(x=float_arrays(shapes(max_dims=2), dtype=DTYPES), y=arrays_away_from((3,), dtype=DTYPES),
+       z=arrays_without_ties((4,), dtype=DTYPES))
+def test_dtype_may_be_a_strategy(x, y, z):
+    assert {x.dtype, y.dtype, z.dtype} <= {np.dtype(np.float32), np.dtype(np.float64)}
+
+
+@given(t=tensors(dtype=DTYPES, shape=shapes(max_dims=3), requires_grad=st.booleans()))
+def test_tensors(t):
+    assert isinstance(t, mr.Tensor) and t.is_leaf and t.grad is None
+    assert t.dtype in (mr.float32, mr.float64) and t.ndim <= 3
+    assert np.isfinite(t.numpy()).all() and (np.abs(t.numpy()) <= 3).all()
+
+
+@given(t=tensors(dtype=np.int64, shape=(2, 3)), u=tensors(shape=(2,), requires_grad=True, elements=st.just(1.5)))
+def test_tensors_with_integer_dtype_and_elements(t, u):
+    assert t.dtype == mr.int64 and t.shape == (2, 3) and (np.abs(t.numpy()) <= 5).all()
+    assert u.requires_grad and (u.numpy() == 1.5).all()
+
+
+@given(data=st.data(), shape=shapes(max_dims=4))
+def test_valid_dims_are_accepted_by_reductions(data, shape):
+    dim = data.draw(valid_dims(len(shape)))
+    x = np.ones(shape)
+    if dim is None:
+        return
+    dims = (dim,) if isinstance(dim, int) else dim
+    assert all(-len(shape) <= d < len(shape) for d in dims)
+    assert len({d % len(shape) for d in dims}) == len(dims)
+    assert mr.tensor(x).sum(dim).shape == np.sum(x, axis=dim).shape
+
+
+def test_valid_dims_on_a_0d_shape():
+    from hypothesis import find
+
+    assert find(valid_dims(0), lambda _: True) is None
+    with pytest.raises(ValueError, match="0-d"):
+        find(valid_dims(0, allow_none=False), lambda _: True)
+
+
+@given(data=st.data(), shape=shapes(min_dims=1, max_dims=3))
+def test_basic_indices_give_views(data, shape):
+    index = data.draw(basic_indices(shape))
+    x = mr.tensor(np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape))
+    out = x[index]
+    np.testing.assert_array_equal(out.numpy(), x.numpy()[index])
+    if out.numel():
+        assert np.shares_memory(out.numpy(), x.numpy())
+
+
+@given(data=st.data(), shape=shapes(min_dims=1, max_dims=3))
+def test_integer_array_indices_are_in_range(data, shape):
+    index = data.draw(integer_array_indices(shape))
+    assert isinstance(index, tuple) and all(i.dtype.kind == "i" for i in index)
+    for d, i in enumerate(index):
+        assert ((i >= -shape[d]) & (i < shape[d])).all()
+    x = mr.tensor(np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape), requires_grad=True)
+    assert mr.gradcheck(lambda v: v[index], [x])  # repeated indices accumulate in the gradient
+
+
+@given(target=class_targets(st.integers(1, 6), num_classes=4, ignore_index=-100))
+def test_class_targets(target):
+    assert target.dtype == np.int64 and target.ndim == 1
+    assert (((target >= 0) & (target < 4)) | (target == -100)).all()
+
+
+@given(target=class_targets((2, 3), num_classes=3))
+def test_class_targets_of_a_shape_fit_cross_entropy(target):
+    logits = mr.zeros(2, 3, 3, dtype=mr.float64)
+    assert abs(F.cross_entropy(logits, mr.tensor(target)).item() - np.log(3)) < 1e-12
 
 
 @given(x=float_arrays(shapes(max_dims=3), low=-2.0, high=0.5))
@@ -51,6 +134,10 @@ def test_arrays_away_from_keep_the_margin(x):
     assert ((x >= -3.0) & (x <= 3.0)).all()
 
 
+def find_any(strategy):
+    return find(strategy, lambda _: True)
+
+
 def pairwise_gaps(x):
     v = np.sort(x.ravel())
     return np.diff(v)
@@ -64,12 +151,24 @@ def test_arrays_without_ties_keep_values_apart(x):
     assert np.isfinite(x).all()
 
 
+@given(x=arrays_without_ties(shapes(max_dims=3, max_side=3), gap=0.05, low=-1.0, high=2.0))
+def test_arrays_without_ties_stay_in_their_range(x):
+    assert ((x >= -1.0) & (x <= 2.0)).all()
+
+
 @settings(max_examples=10)
-@given(x=arrays_without_ties((20, 20), gap=0.1))
-def test_arrays_without_ties_widen_the_range_when_needed(x):
-    # 400 values 0.1 apart cannot fit in [-3, 3]; they must still be distinct by the gap
-    assert len(np.unique(x)) == 400
-    assert pairwise_gaps(x).min() >= 0.1 - 1e-12
+@given(x=arrays_without_ties((6,), gap=0.5, low=0.0, high=3.0))
+def test_arrays_without_ties_fill_a_tight_range_without_passing_high(x):
+    assert len(np.unique(x)) == 6 and x.max() <= 3.0 and x.min() >= 0.0
+    assert pairwise_gaps(x).min() >= 0.5 - 1e-12
+
+
+def test_arrays_without_ties_refuse_what_cannot_fit():
+    # 7 values 0.5 apart span exactly 3.0: with the jitter they would pass high (they used to)
+    with pytest.raises(ValueError, match=r"7 values at least 0.5 apart do not fit in \[0.0, 3.0\]"):
+        find_any(arrays_without_ties((7,), gap=0.5, low=0.0, high=3.0))
+    with pytest.raises(ValueError, match=r"400 values at least 0.1 apart do not fit in \[-3.0, 3.0\]"):
+        find_any(arrays_without_ties((20, 20), gap=0.1))
 
 
 def count_windows(size, kernel, stride, padding, dilation):
@@ -126,3 +225,23 @@ def test_pool_configs_are_valid(cfg):
 @given(cfg=pool_configs(allow_dilation=False))
 def test_pool_configs_without_dilation(cfg):
     assert cfg.dilation == (1, 1)
+    x = mr.ones(*cfg.input_shape)
+    assert F.avg_pool2d(x, **cfg.avg_kwargs).shape == cfg.output_shape
+
+
+@given(cfg=pool_configs())
+def test_pool_kwargs_call_max_pool2d(cfg):
+    assert F.max_pool2d(mr.ones(*cfg.input_shape), **cfg.kwargs).shape == cfg.output_shape
+
+
+@given(cfg=conv_configs(same_padding=None))
+def test_conv_kwargs_call_conv2d(cfg):
+    x, w = mr.ones(*cfg.input_shape), mr.ones(*cfg.weight_shape)
+    assert F.conv2d(x, w, **cfg.kwargs).shape == cfg.output_shape
+    assert mr.nn.Conv2d(**cfg.module_kwargs)(x).shape == cfg.output_shape
+
+
+@given(cfg=conv_configs(same_padding=True))
+def test_same_padding_configs_keep_the_size(cfg):
+    assert cfg.padding == "same" and cfg.stride == (1, 1)
+    assert cfg.output_shape[2:] == cfg.input_shape[2:]

@@ -62,11 +62,19 @@ class _ArrayGrads:
 
     @classmethod
     def run_hooks(cls, hooks: list[Any], grad: Any) -> Any:
-        """Each hook sees the gradient as a Tensor; one that returns something replaces it."""
+        """Each hook sees the gradient as a Tensor; one that returns a Tensor replaces it, and must match
+        it in shape, dtype and device (checked here, so the error names the hook rather than a later op)."""
+        from minires.tensor import Tensor, _check_same_meta
+
         for hook in hooks:
-            result = hook(cls.as_tensor(grad))
-            if result is not None:
-                grad = cls.from_hook(result)
+            seen = cls.as_tensor(grad)
+            result = hook(seen)
+            if result is None:
+                continue
+            if not isinstance(result, Tensor):
+                raise TypeError(f"hook {_hook_name(hook)} returned {type(result).__name__}; expected a Tensor or None")
+            _check_same_meta(f"hook {_hook_name(hook)} returned a gradient that", result.data, seen)
+            grad = cls.from_hook(result)
         return grad
 
     @staticmethod
@@ -77,9 +85,7 @@ class _ArrayGrads:
 
     @staticmethod
     def from_hook(result: Any) -> Any:
-        from minires.tensor import Tensor
-
-        return result.data if isinstance(result, Tensor) else result  # an array stays as it is
+        return result.data
 
     @staticmethod
     def cast(grad: Any, dtype: Any) -> Any:
@@ -88,6 +94,28 @@ class _ArrayGrads:
     @staticmethod
     def deliver(tensor: Tensor, grad: Any) -> None:
         tensor._accumulate_grad(grad)
+
+
+def _hook_name(hook: Any) -> str:
+    return getattr(hook, "__qualname__", None) or repr(hook)
+
+
+def _unwrap_grads(node: Node, grads: Any) -> tuple[Any, ...]:
+    """backward's return value as a tuple of arrays (a Tensor returned by a custom backward is unwrapped)."""
+    from minires.tensor import Tensor
+
+    if not isinstance(grads, tuple):
+        grads = (grads,)
+    out = []
+    for g in grads:
+        if isinstance(g, Tensor):
+            g = g.data
+        elif g is not None and not hasattr(g, "shape"):
+            raise TypeError(
+                f"{node.name}.backward returned a {type(g).__name__}; expected an array or Tensor per input (or None)"
+            )
+        out.append(g)
+    return tuple(out)
 
 
 class _TensorGrads(_ArrayGrads):
@@ -214,11 +242,11 @@ def _walk(roots: Sequence[Tensor], grads: Sequence[Any], retain_graph: bool, kin
                 "backward() to keep them."
             )
         if kind is _ArrayGrads:  # first order: the op's raw-array backward, as always
-            in_grads = node.function.backward(node.ctx, *out_grads)
+            in_grads = _unwrap_grads(node, node.function.backward(node.ctx, *out_grads))
         else:
             in_grads = differentiable_backward(node, out_grads)
-        if not isinstance(in_grads, tuple):
-            in_grads = (in_grads,)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
         if len(in_grads) != len(node.edges):
             raise RuntimeError(
                 f"{node.name}.backward returned {len(in_grads)} gradients, expected "

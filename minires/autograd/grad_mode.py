@@ -1,4 +1,6 @@
-"""Switching graph recording off and on: ``no_grad`` / ``enable_grad`` (context managers and decorators)."""
+"""Switching graph recording off and on: ``no_grad`` / ``enable_grad`` / ``inference_mode`` /
+``set_grad_enabled``, each a context manager and a decorator that restores the previous mode on the
+way out, exceptions included."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "enabled", True)
 
 
-def set_grad_enabled(mode: bool) -> None:
+def _set_enabled(mode: bool) -> None:
     _state.enabled = bool(mode)
 
 
@@ -27,15 +29,21 @@ class _GradMode:
 
     def __enter__(self) -> None:
         self._prev = is_grad_enabled()
-        set_grad_enabled(self.mode)
+        _set_enabled(self.mode)
 
     def __exit__(self, *exc: object) -> None:
-        set_grad_enabled(self._prev)
+        _set_enabled(self._prev)
+
+    def _fresh(self) -> _GradMode:
+        return self.__class__()
 
     def __call__(self, fn: F) -> F:
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__}: used as a decorator, expected a function, got {fn!r}")
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.__class__():
+            with self._fresh():
                 return fn(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
@@ -51,3 +59,41 @@ class enable_grad(_GradMode):  # noqa: N801 - PyTorch's name
     """Turn graph recording back on inside a ``no_grad`` region."""
 
     mode = True
+
+
+class inference_mode(_GradMode):  # noqa: N801 - PyTorch's name
+    """``inference_mode(True)`` records no graph, as ``no_grad`` (minires has no cheaper inference tensors);
+    ``inference_mode(False)`` leaves the mode as it is."""
+
+    def __init__(self, mode: bool = True) -> None:
+        self._requested = bool(mode)
+
+    def __enter__(self) -> None:
+        self._prev = is_grad_enabled()
+        if self._requested:
+            _set_enabled(False)
+
+    def _fresh(self) -> _GradMode:
+        return inference_mode(self._requested)
+
+
+class set_grad_enabled(_GradMode):  # noqa: N801 - PyTorch's name
+    """``mr.set_grad_enabled(False)`` switches recording off (a plain call, until switched back);
+    ``with mr.set_grad_enabled(mode): ...`` and ``@mr.set_grad_enabled(mode)`` set it only inside."""
+
+    def __init__(self, mode: bool) -> None:
+        if not isinstance(mode, bool):
+            raise TypeError(f"set_grad_enabled: expected a bool, got {mode!r}")
+        self._prev = is_grad_enabled()
+        self.mode = mode
+        _set_enabled(mode)  # a plain call takes effect at once, as torch.set_grad_enabled
+
+    def __enter__(self) -> None:
+        pass  # already set by __init__; __exit__ restores the mode from before the call
+
+    def __call__(self, fn: F) -> F:
+        _set_enabled(self._prev)  # as a decorator, the mode applies only inside calls of fn
+        return super().__call__(fn)
+
+    def _fresh(self) -> _GradMode:
+        return set_grad_enabled(self.mode)

@@ -20,8 +20,10 @@ from minires.nn.modules import (
     CrossEntropyLoss,
     Dropout,
     Flatten,
+    GroupNorm,
     Identity,
     IncompatibleKeys,
+    LayerNorm,
     LeakyReLU,
     Linear,
     LogSoftmax,
@@ -50,7 +52,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d",
-    "CrossEntropyLoss", "Dropout", "Flatten", "Identity", "IncompatibleKeys", "LeakyReLU", "Linear",
-    "LogSoftmax", "MSELoss", "MaxPool2d", "Module", "ModuleDict", "ModuleList", "NLLLoss", "Parameter",
-    "ReLU", "RemovableHandle", "Sequential", "Sigmoid", "Softmax", "Tanh", "functional", "init",
+    "CrossEntropyLoss", "Dropout", "Flatten", "functional", "GroupNorm", "Identity", "IncompatibleKeys",
+    "init", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "Module", "ModuleDict",
+    "ModuleList", "MSELoss", "NLLLoss", "Parameter", "ReLU", "RemovableHandle", "Sequential", "Sigmoid",
+    "Softmax", "Tanh",
 ]

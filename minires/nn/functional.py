@@ -12,6 +12,8 @@ from minires.ops.activations import log_softmax, sigmoid, softmax, tanh
 from minires.ops.activations import relu as _relu
 from minires.ops.conv import conv2d
 from minires.ops.dropout import dropout as _dropout
+from minires.ops.indexing import one_hot
+from minires.ops.layer_norm import group_norm, layer_norm
 from minires.ops.linear import linear
 from minires.ops.losses import cross_entropy, mse_loss, nll_loss
 from minires.ops.normalization import batch_norm, batch_norm_add_relu
@@ -36,7 +38,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
 
 
 __all__ = [
-    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "batch_norm_add_relu", "conv2d", "cross_entropy",
-    "dropout", "flatten", "leaky_relu", "linear", "log_softmax", "max_pool2d", "mse_loss", "nll_loss",
-    "pad", "relu", "sigmoid", "softmax", "tanh",
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "batch_norm_add_relu",
+    "conv2d", "cross_entropy", "dropout", "flatten", "group_norm", "layer_norm", "leaky_relu", "linear",
+    "log_softmax", "max_pool2d", "mse_loss", "nll_loss", "one_hot", "pad", "relu", "sigmoid", "softmax",
+    "tanh",
 ]

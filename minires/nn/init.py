@@ -71,6 +71,7 @@ def _fill(tensor: Tensor, draw: Callable[[np.random.Generator, tuple[int, ...]],
     rng = global_generator() if generator is None else generator
     values = np.asarray(draw(rng, tensor.shape)).astype(tensor.dtype, copy=False)
     tensor.data[...] = backend.to_device(values, tensor.device)
+    tensor._bump_version()
     return tensor
 
 
@@ -112,6 +113,7 @@ def trunc_normal_(
 def constant_(tensor: Tensor, val: float) -> Tensor:
     """Fill with ``val``."""
     tensor.data[...] = val
+    tensor._bump_version()
     return tensor
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops._util import as_tensor, check_float, normalize_axes
+from minires.ops._util import as_tensor, check_float, normalize_axes, quiet
 from minires.tensor import Tensor
 
 
@@ -85,8 +85,9 @@ class SoftmaxFunction(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, dim: int) -> Any:
         xp = xp_of(x)
-        e = xp.exp(x - x.max(axis=dim, keepdims=True))
-        out = e / e.sum(axis=dim, keepdims=True)
+        with quiet(xp):  # a row of all -inf gives nan without a warning, as PyTorch
+            e = xp.exp(x - x.max(axis=dim, keepdims=True))
+            out = e / e.sum(axis=dim, keepdims=True)
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out
@@ -103,8 +104,9 @@ class LogSoftmaxFunction(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, dim: int) -> Any:
         xp = xp_of(x)
-        shifted = x - x.max(axis=dim, keepdims=True)
-        out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+        with quiet(xp):  # a row of all -inf gives nan without a warning, as PyTorch
+            shifted = x - x.max(axis=dim, keepdims=True)
+            out = shifted - xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
         ctx.save_for_backward(out)
         ctx.dim = dim
         return out

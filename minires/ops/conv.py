@@ -111,7 +111,7 @@ def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d)
                 r, q = i * dh, j * dw
                 chunk[:, r : r + sh * (oh - 1) + 1 : sh, q : q + sw * (ow - 1) + 1 : sw] += blocks[a:b, :, :, i, j]
 
-    _over_batch(xp, n, out[0].nbytes, work)
+    _over_batch(xp, n, out.nbytes // max(n, 1), work)  # n may be 0 (an empty batch)
     return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
 
 
@@ -196,6 +196,8 @@ def _check_conv_arguments(
             f"{name}: input dtype {x.dtype} and weight dtype {weight.dtype} differ; convert one (e.g. x.to(dtype=weight.dtype))"
         )
     o, cg, kh, kw = weight.shape
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{name}: kernel size must be at least 1x1, got {kh}x{kw} (weight shape {tuple(weight.shape)})")
     c = x.shape[1]
     check_groups(name, groups, c, o, f" (input shape {tuple(x.shape)}, weight shape {tuple(weight.shape)})")
     if c != cg * groups:

@@ -33,7 +33,19 @@ def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
         b = Tensor._from_array(b.data.astype(a.dtype))
     elif b_float and not a_float:
         a = Tensor._from_array(a.data.astype(b.dtype))
+    elif a.dtype != b.dtype and (a.ndim == 0) != (b.ndim == 0) and _category(a) == _category(b):
+        # PyTorch: within one category, a 0-d tensor does not widen a tensor with dimensions
+        # (float32 tensor + 0-d float64 tensor -> float32)
+        if a.ndim == 0:
+            a = a.to(dtype=b.dtype)
+        else:
+            b = b.to(dtype=a.dtype)
     return a, b
+
+
+def _category(t: Tensor) -> int:
+    """0 bool, 1 integer, 2 floating (PyTorch's type-promotion categories)."""
+    return {"b": 0, "i": 1, "u": 1}.get(t.dtype.kind, 2)
 
 
 def _float_input(a: Any) -> Tensor:
@@ -221,18 +233,23 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    """sqrt(a); nan below 0 and an infinite gradient at 0, without numpy warnings, as PyTorch."""
+
     differentiable_backward = True
 
     @staticmethod
     def forward(ctx: Context, a: Any) -> Any:
-        out = xp_of(a).sqrt(a)
+        xp = xp_of(a)
+        with quiet(xp):
+            out = xp.sqrt(a)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
         (out,) = ctx.saved_tensors
-        return g / (2 * out)
+        with np.errstate(divide="ignore", invalid="ignore"):  # g may be a Tensor (create_graph): no xp_of
+            return g / (2 * out)
 
 
 class Abs(Function):
@@ -385,7 +402,10 @@ def where(cond: Any, a: Any, b: Any) -> Tensor:
     a, b = _binary(a, b)
     c = cond.data if isinstance(cond, Tensor) else cond
     xp = xp_of(a.data)
-    return Where.apply(xp.asarray(c).astype(bool, copy=False), a, b)
+    c = xp.asarray(c)
+    if c.dtype != bool:
+        raise TypeError(f"where: the condition must be a bool tensor, got dtype {c.dtype} (compare first, e.g. x > 0)")
+    return Where.apply(c, a, b)
 
 
 def _compare(op: str, a: Any, b: Any) -> Tensor:

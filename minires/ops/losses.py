@@ -123,8 +123,9 @@ def _grad_scale(xp: Any, g: Any, reduction: str, denom: Any, ndim: int) -> Any:
         return _with_class_axis(g, ndim)
     if reduction == "sum":
         return g
-    with quiet(xp):
-        return g / denom
+    with quiet(xp):  # every target ignored (denom 0): the loss is nan, the gradient zero, as PyTorch
+        scale = xp.where(denom == 0, 0, 1 / denom).astype(g.dtype, copy=False)
+    return g * scale  # g may be a Tensor (create_graph): the scale is a constant array
 
 
 class NLLLossFunction(Function):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import namedtuple
 from typing import Any
 
@@ -9,8 +10,8 @@ import numpy as np
 
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops._util import as_tensor, normalize_axes
-from minires.ops.gather import ScatterAddAlongDimFunction, scatter_add_along_dim
+from minires.ops._util import as_tensor, check_float, normalize_axes, quiet
+from minires.ops.along_dim import ScatterAddAlongDimFunction, scatter_add_along_dim
 from minires.tensor import Tensor
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -71,19 +72,28 @@ class Var(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool, ddof: int) -> Any:
         n = _count(x.shape, axes)
-        if n - ddof <= 0:
-            raise ValueError(f"var: {n} value(s) per reduction is too few with correction {ddof}")
-        centred = x - x.mean(axis=axes, keepdims=True)
-        ctx.save_for_backward(x)
-        ctx.meta = (x.shape, axes, keepdim, n - ddof)
-        return (centred * centred).sum(axis=axes, keepdims=keepdim) / (n - ddof)
+        denom = n - ddof if n > ddof else 0  # (this module shadows max)
+        if denom == 0:  # PyTorch: a warning, and 0 / 0 = nan (or inf)
+            warnings.warn(
+                f"var: degrees of freedom is <= 0 ({n} value(s) per reduction, correction {ddof}); the result is nan or inf",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        xp = xp_of(x)
+        with quiet(xp):
+            centred = x - x.mean(axis=axes, keepdims=True)
+            ctx.save_for_backward(x)  # x itself, so a differentiable backward can put it back on the graph
+            ctx.meta = (x.shape, axes, keepdim, denom)
+            return ((centred * centred).sum(axis=axes, keepdims=keepdim) / x.dtype.type(denom)).astype(x.dtype, copy=False)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None, None]:
         (x,) = ctx.saved_tensors
         shape, axes, keepdim, denom = ctx.meta
         centred = x - x.mean(axis=axes, keepdims=True)
-        return _expand_back(g, shape, axes, keepdim) * centred * (2 / denom), None, None, None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = 2 / g.dtype.type(denom)
+        return _expand_back(g, shape, axes, keepdim) * centred * scale, None, None, None
 
 
 class Extreme(Function):
@@ -93,8 +103,13 @@ class Extreme(Function):
 
     @staticmethod
     def forward(ctx: Context, x: Any, axes: tuple[int, ...] | None, keepdim: bool, largest: bool) -> Any:
-        if x.size == 0:
-            raise ValueError(f"{'amax' if largest else 'amin'}: cannot reduce an empty tensor")
+        reduced = range(x.ndim) if axes is None else axes
+        empty = [d for d in reduced if x.shape[d] == 0]
+        if empty or (x.ndim == 0 and x.size == 0):
+            raise ValueError(
+                f"{'amax' if largest else 'amin'}: cannot reduce dim {empty[0] if empty else None} of size 0 "
+                f"(input shape {tuple(x.shape)}); there is no largest or smallest value there"
+            )
         kept = x.max(axis=axes, keepdims=True) if largest else x.min(axis=axes, keepdims=True)
         ctx.save_for_backward(x == kept)
         ctx.meta = (x.shape, axes, keepdim)
@@ -157,9 +172,26 @@ def mean(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:
     return Mean.apply(x, normalize_axes("mean", dim, x.ndim), keepdim)
 
 
-def var(x: Tensor, dim: Any = None, keepdim: bool = False, unbiased: bool = True) -> Tensor:
+def _correction(name: str, unbiased: bool | None, correction: Any) -> int:
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{name}: give unbiased or correction, not both")
+    if correction is None:
+        return 0 if unbiased is False else 1
+    if isinstance(correction, bool) or not isinstance(correction, (int, np.integer)) or correction < 0:
+        raise ValueError(f"{name}: correction must be a non-negative int, got {correction!r}")
+    return int(correction)
+
+
+def var(x: Tensor, dim: Any = None, keepdim: bool = False, unbiased: bool | None = None, *, correction: Any = None) -> Tensor:
+    """Variance over ``dim``, dividing by n - correction (default 1, Bessel's; ``unbiased=False`` means 0)."""
     x = as_tensor(x)
-    return Var.apply(x, normalize_axes("var", dim, x.ndim), keepdim, 1 if unbiased else 0)
+    check_float("var", x)
+    return Var.apply(x, normalize_axes("var", dim, x.ndim), keepdim, _correction("var", unbiased, correction))
+
+
+def std(x: Tensor, dim: Any = None, keepdim: bool = False, unbiased: bool | None = None, *, correction: Any = None) -> Tensor:
+    """Standard deviation: sqrt of :func:`var` (same arguments)."""
+    return var(x, dim, keepdim, unbiased, correction=correction).sqrt()
 
 
 def amax(x: Tensor, dim: Any = None, keepdim: bool = False) -> Tensor:

@@ -24,6 +24,7 @@ def _shape_arg(shape: Sequence[Any]) -> tuple[int, ...]:
 
 class Reshape(Function):
     differentiable_backward = True
+    returns_view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, shape: tuple[int, ...]) -> Any:
@@ -36,6 +37,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    returns_view = True
+
     @staticmethod
     def forward(ctx: Context, x: Any, dims: tuple[int, ...]) -> Any:
         ctx.dims = dims
@@ -52,6 +55,7 @@ class Permute(Function):
 
 class Expand(Function):
     differentiable_backward = True
+    returns_view = True
 
     @staticmethod
     def forward(ctx: Context, x: Any, shape: tuple[int, ...]) -> Any:
@@ -66,9 +70,15 @@ class Expand(Function):
 class GetItem(Function):
     """``x[index]``; the backward scatters into zeros, accumulating repeated advanced indices."""
 
+    returns_view = True  # for basic indices (apply checks that memory is really shared)
+
     @staticmethod
     def forward(ctx: Context, x: Any, index: Any) -> Any:
         ctx.meta = (x.shape, x.dtype, index)
+        if _is_basic_index(index):
+            parts = index if isinstance(index, tuple) else (index,)
+            if Ellipsis not in parts:  # x[0] of a 1-d array: a 0-d view (as PyTorch's), not a numpy scalar copy
+                return x[(*parts, Ellipsis)]
         return x[index]
 
     @staticmethod
@@ -108,6 +118,71 @@ class IndexScatterFunction(Function):
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None]:
         return GetItem.apply(g, ctx.index), None, None
+
+
+class IndexPut(Function):
+    """``x[index] = value`` out of place: a copy of ``x`` with ``value`` (broadcast) written at ``index``.
+
+    The gradient for ``x`` is zero where it was overwritten; ``value`` gets the gradient of the places
+    it went to (summed over broadcasting). With repeated advanced indices the last write wins in the
+    forward, and every repeat gets the gradient (PyTorch leaves this case undefined)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, value: Any, index: Any) -> Any:
+        out = x.copy()
+        out[index] = value
+        ctx.meta = (index, value.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, Any, None]:
+        index, value_shape = ctx.meta
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = g.copy()
+            gx[index] = 0
+        gv = None
+        if ctx.needs_input_grad[1]:
+            gv = sum_to_shape(g[index], value_shape)
+        return gx, gv, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, Any, None]:
+        index, value_shape = ctx.meta
+        gx = gv = None
+        if ctx.needs_input_grad[0]:  # g with zeros written where x was overwritten
+            zeros = Tensor._from_array(xp_of(g.data).zeros(value_shape, dtype=g.dtype))
+            gx = IndexPut.apply(g, zeros, index)
+        if ctx.needs_input_grad[1]:
+            gv = sum_to_shape(GetItem.apply(g, index), value_shape)
+        return gx, gv, None
+
+
+class Clone(Function):
+    differentiable_backward = True
+
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> Any:
+        return g
+
+
+class Flip(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: tuple[int, ...]) -> Any:
+        ctx.axes = axes
+        return xp_of(x).flip(x, axis=axes).copy()
+
+    @staticmethod
+    def backward(ctx: Context, g: Any) -> tuple[Any, None]:
+        return xp_of(g).flip(g, axis=ctx.axes), None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None]:
+        return Flip.apply(g, ctx.axes), None
 
 
 class Cat(Function):
@@ -194,6 +269,32 @@ def raw_index(index: Any) -> Any:
     if isinstance(index, list):
         return np.asarray(index) if not any(isinstance(i, Tensor) for i in index) else tuple(raw_index(i) for i in index)
     return index
+
+
+def index_put(x: Tensor, index: Any, value: Any) -> Tensor:
+    """A copy of ``x`` with ``x[index] = value`` (differentiable in both); what ``x[index] = value`` records."""
+    x = as_tensor(x)
+    value = as_tensor(value, like=x)
+    if value.dtype != x.dtype:
+        value = value.to(dtype=x.dtype)
+    try:
+        return IndexPut.apply(x, value, raw_index(index))
+    except (IndexError, ValueError) as exc:
+        raise type(exc)(
+            f"setitem: cannot write a value of shape {value.shape} at index {index!r} of a tensor of shape {x.shape}: {exc}"
+        ) from None
+
+
+def clone(x: Tensor) -> Tensor:
+    """A copy with its own memory; the gradient passes through unchanged."""
+    return Clone.apply(as_tensor(x))
+
+
+def flip(x: Tensor, dims: Any) -> Tensor:
+    """Reverse the order of elements along ``dims`` (an int or a sequence), as ``torch.flip``."""
+    x = as_tensor(x)
+    axes = normalize_axes("flip", dims, x.ndim)
+    return Flip.apply(x, axes if axes else ())
 
 
 def reshape(x: Tensor, *shape: Any) -> Tensor:

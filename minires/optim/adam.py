@@ -104,6 +104,7 @@ class Adam(Optimizer):
                 denom /= bias_correction2_sqrt
                 denom += eps
                 p.data -= step_size * exp_avg / denom
+                p._bump_version()
         return loss
 
 

@@ -73,4 +73,5 @@ class SGD(Optimizer):
                         buf += (1 - dampening) * grad
                     grad = grad + momentum * buf if nesterov else buf
                 p.data -= lr * grad
+                p._bump_version()
         return loss

@@ -152,6 +152,11 @@ class Trainer:
         with StopOnInterrupt() as interrupt:
             while self.epoch < config.epochs:
                 record = self._run_epoch(interrupt)
+                if not math.isfinite(record["test_loss"]):
+                    raise NonFiniteLossError(
+                        f"the test loss became {record['test_loss']} after epoch {record['epoch']}; stopped without "
+                        f"saving that epoch. The last good checkpoint ({self.checkpoint_path()}) is kept."
+                    )
                 if main:
                     append_metrics(metrics_path, record)
                 self.save()

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import numpy as np
 
 from minires import backend
+from minires.nn.modules.backward_hooks import call_with_backward_hooks
 from minires.nn.modules.state_dict import IncompatibleKeys, load_into
 from minires.nn.parameter import Parameter
 from minires.tensor import RemovableHandle, Tensor
@@ -65,6 +66,7 @@ class Module:
     _modules: OrderedDict[str, Module | None]
     _forward_hooks: list[Callable[..., Any]]
     _forward_pre_hooks: list[Callable[..., Any]]
+    _backward_hooks: list[Callable[..., Any]]
 
     def __init__(self) -> None:
         set_ = object.__setattr__
@@ -75,6 +77,7 @@ class Module:
         set_(self, "_modules", OrderedDict())
         set_(self, "_forward_hooks", [])
         set_(self, "_forward_pre_hooks", [])
+        set_(self, "_backward_hooks", [])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
@@ -351,7 +354,10 @@ class Module:
             result = hook(self, args)
             if result is not None:
                 args = result if isinstance(result, tuple) else (result,)
-        output = self.forward(*args, **kwargs)
+        if self.__dict__.get("_backward_hooks"):
+            output = call_with_backward_hooks(self, self._backward_hooks, self.forward, args, kwargs)
+        else:
+            output = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks):
             result = hook(self, args, output)
             if result is not None:
@@ -369,6 +375,12 @@ class Module:
         gradient flowing back through this module.
         """
         return self._add_hook(self._forward_hooks, hook, prepend)
+
+    def register_full_backward_hook(self, hook: Callable[..., Any], *, prepend: bool = False) -> RemovableHandle:
+        """Call ``hook(module, grad_input, grad_output)`` once the gradients with respect to this module's
+        tensor inputs are computed (tuples of Tensors, None for inputs that need none); a returned tuple
+        replaces ``grad_input``. See :mod:`minires.nn.modules.backward_hooks`."""
+        return self._add_hook(self._backward_hooks, hook, prepend)
 
     @staticmethod
     def _add_hook(hooks: list[Callable[..., Any]], hook: Callable[..., Any], prepend: bool) -> RemovableHandle:

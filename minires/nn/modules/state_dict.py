@@ -101,4 +101,5 @@ def load_into(
         raise RuntimeError(f"Error(s) in loading state_dict for {owner}:\n\t" + "\n\t".join(errors) + hint)
     for tensor, array in copies:
         tensor.data[...] = backend.to_device(array, tensor.device).astype(tensor.dtype, copy=False)
+        tensor._bump_version()
     return IncompatibleKeys(missing, unexpected)
