@@ -218,8 +218,10 @@ CATEGORIES = ["conv forward", "conv input grad", "conv weight grad", "BatchNorm"
 # Kernels inside the convolution's backward, timed on their own: (module, function name, category).
 # A name that is absent (another version of the code) is skipped.
 CONV_PROBES = [
-    ("minires.ops.conv", "conv_input_grad", "conv input grad"),
-    ("minires.ops.conv", "conv_weight_grad", "conv weight grad"),
+    ("minires.ops.conv", "input_grad_from", "conv input grad"),
+    ("minires.ops.conv", "weight_grad_from", "conv weight grad"),
+    ("minires.ops.winograd", "conv3x3_input_grad", "conv input grad"),
+    ("minires.ops.winograd", "conv3x3_weight_grad", "conv weight grad"),
 ]
 
 
