@@ -16,7 +16,7 @@ from minires.backend import xp_of
 from minires.tensor import Tensor
 
 
-def _along_dim_index(idx: Any, dim: int) -> tuple[Any, ...]:
+def along_dim_index(idx: Any, dim: int) -> tuple[Any, ...]:
     """The advanced index that selects ``idx`` along ``dim`` and every position along the other dims."""
     xp = xp_of(idx)
     parts = []
@@ -33,7 +33,7 @@ def _along_dim_index(idx: Any, dim: int) -> tuple[Any, ...]:
 def scatter_add_along_dim(values: Any, idx: Any, dim: int, shape: tuple[int, ...]) -> Any:
     """Zeros of ``shape`` with ``values`` added at ``idx`` along ``dim`` (repeated indices accumulate)."""
     out = xp_of(values).zeros(shape, dtype=values.dtype)
-    backend.add_at(out, _along_dim_index(idx, dim), values)
+    backend.add_at(out, along_dim_index(idx, dim), values)
     return out
 
 

@@ -13,21 +13,8 @@ from minires import backend
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, normalize_axes
-from minires.ops.along_dim import ScatterAddAlongDimFunction, TakeAlongDimFunction
+from minires.ops.along_dim import ScatterAddAlongDimFunction, TakeAlongDimFunction, along_dim_index, scatter_add_along_dim
 from minires.tensor import Tensor
-
-
-def _along(xp: Any, index: Any, dim: int) -> tuple[Any, ...]:
-    """The advanced index that picks ``x[..., index, ...]`` (index in ``dim``, aranges elsewhere)."""
-    parts = []
-    for d, n in enumerate(index.shape):
-        if d == dim:
-            parts.append(index)
-        else:
-            shape = [1] * index.ndim
-            shape[d] = n
-            parts.append(xp.arange(n).reshape(shape))
-    return tuple(parts)
 
 
 def _leading(index_shape: tuple[int, ...], dim: int) -> tuple[slice, ...]:
@@ -39,14 +26,12 @@ class Gather(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, dim: int, index: Any) -> Any:
         ctx.meta = (x.shape, dim, index)
-        return x[_along(xp_of(x), index, dim)]
+        return x[along_dim_index(index, dim)]
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> tuple[Any, None, None]:
         shape, dim, index = ctx.meta
-        out = xp_of(g).zeros(shape, dtype=g.dtype)
-        backend.add_at(out, _along(xp_of(g), index, dim), g)  # repeated indices accumulate
-        return out, None, None
+        return scatter_add_along_dim(g, index, dim, shape), None, None  # repeated indices accumulate
 
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor) -> tuple[Any, None, None]:
@@ -58,7 +43,7 @@ class ScatterAdd(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, dim: int, index: Any, src: Any) -> Any:
         out = x.copy()
-        backend.add_at(out, _along(xp_of(x), index, dim), src[_leading(index.shape, dim)])
+        backend.add_at(out, along_dim_index(index, dim), src[_leading(index.shape, dim)])
         ctx.meta = (src.shape, dim, index)
         return out
 
@@ -68,7 +53,7 @@ class ScatterAdd(Function):
         gsrc = None
         if ctx.needs_input_grad[3]:
             gsrc = xp_of(g).zeros(src_shape, dtype=g.dtype)
-            gsrc[_leading(index.shape, dim)] = g[_along(xp_of(g), index, dim)]
+            gsrc[_leading(index.shape, dim)] = g[along_dim_index(index, dim)]
         return g, None, None, gsrc
 
     @staticmethod
