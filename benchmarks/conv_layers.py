@@ -106,6 +106,35 @@ def bench_layers(batch: int, repeats: int, torch: Any) -> None:
     print(summary + "   (each shape weighted by its count in ResNet-18)")
 
 
+def torch_resnet20(torch: Any, num_classes: int = 10) -> Any:
+    """He et al.'s ResNet-20 for CIFAR with option-A shortcuts (subsample + zero channels), built inline."""
+    tnn = torch.nn
+
+    class Block(tnn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x: Any) -> Any:
+            identity = x
+            if self.stride != 1 or self.extra:
+                identity = tnn.functional.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.extra))
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + identity)
+
+    layers: list[Any] = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU(inplace=True)]
+    cin = 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1), Block(cout, cout, 1)]
+        cin = cout
+    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, num_classes)]
+    return tnn.Sequential(*layers)
+
+
 def torch_resnet18_cifar(torch: Any, num_classes: int = 10) -> Any:
     """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max pool), built inline."""
     nn = torch.nn

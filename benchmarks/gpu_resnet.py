@@ -60,37 +60,6 @@ def _minires_step_rate(model_name: str, batch: int, mixed: bool, steps: int, war
     return batch * steps / seconds, pool.total_bytes() / 2**20
 
 
-def _torch_resnet20() -> Any:
-    """He et al.'s CIFAR ResNet-20 in PyTorch (option-A shortcuts), the twin of minires.models.resnet20."""
-    import torch
-    import torch.nn as tnn
-
-    class Block(tnn.Module):
-        def __init__(self, cin: int, cout: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.stride, self.extra = stride, cout - cin
-
-        def forward(self, x: Any) -> Any:
-            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-            if self.extra:
-                shortcut = tnn.functional.pad(shortcut, (0, 0, 0, 0, 0, self.extra))
-            return torch.relu(out + shortcut)
-
-    layers: list[Any] = [tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16), tnn.ReLU()]
-    cin = 16
-    for cout, stride in ((16, 1), (32, 2), (64, 2)):
-        for i in range(3):
-            layers.append(Block(cin, cout, stride if i == 0 else 1))
-            cin = cout
-    layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10)]
-    return tnn.Sequential(*layers)
-
-
 def _torch_step_rate(model_name: str, batch: int, mixed: bool, steps: int, warmup: int) -> tuple[float, float] | None:
     try:
         import torch
@@ -99,10 +68,10 @@ def _torch_step_rate(model_name: str, batch: int, mixed: bool, steps: int, warmu
     if not torch.cuda.is_available():
         return None
     import torch.nn as tnn
-    from conv_layers import torch_resnet18_cifar  # benchmarks/ is on sys.path when this script runs
+    from conv_layers import torch_resnet18_cifar, torch_resnet20  # benchmarks/ is on sys.path when this script runs
 
     torch.backends.cudnn.benchmark = True
-    model = (torch_resnet18_cifar(torch) if model_name == "resnet18" else _torch_resnet20()).cuda()
+    model = (torch_resnet18_cifar(torch) if model_name == "resnet18" else torch_resnet20(torch)).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=mixed)
     x = torch.randn(batch, 3, 32, 32, device="cuda")
