@@ -325,18 +325,20 @@ class Conv2dFunction(Function):
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
         cols, wmat, weight, x = ctx.saved_tensors
         x_shape, window, groups = ctx.x_shape, ctx.window, ctx.groups
-        gmat = grad_matrix(grad)
         gx = gw = gb = None
-        if ctx.algorithm == "winograd":
+        if ctx.algorithm == "winograd":  # works on grad (N, O, oH, oW) itself: no pixel-row matrix
             if ctx.needs_input_grad[0]:
                 gx = winograd.conv3x3_input_grad(grad, weight, window.padding)
             if ctx.needs_input_grad[1]:
                 gw = winograd.conv3x3_weight_grad(x, grad, window.padding)
-        else:
-            if ctx.needs_input_grad[0]:
-                gx = input_grad_from(gmat, wmat, x_shape, window, groups)
-            if ctx.needs_input_grad[1]:
-                gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *window.kernel))
+            if ctx.needs_input_grad[2]:
+                gb = grad.sum(axis=(0, 2, 3))
+            return gx, gw, gb, None, None, None, None
+        gmat = grad_matrix(grad)
+        if ctx.needs_input_grad[0]:
+            gx = input_grad_from(gmat, wmat, x_shape, window, groups)
+        if ctx.needs_input_grad[1]:
+            gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *window.kernel))
         if ctx.needs_input_grad[2]:
             gb = gmat.sum(axis=0)
         return gx, gw, gb, None, None, None, None
