@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-import minires.autograd.functional  # noqa: E402,F401 - mr.autograd.functional (needs Tensor, so imported last)
+import minires.autograd.functional  # noqa: F401 - makes mr.autograd.functional reachable as an attribute
 from minires import autograd, backends, cuda
 from minires.autograd.function import Context, Function
 from minires.autograd.grad_mode import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
