@@ -150,7 +150,9 @@ def test_a_hook_on_the_add_keeps_the_unfused_path() -> None:
             assert not BasicBlock(2, 2).to("foreign")._fused_tail(x)  # fast kernels off: never fused
         assert BasicBlock(2, 2).to("foreign")._fused_tail(x)
     assert seen == [((2, 2, 4, 4), (2, 2, 4, 4))]
-    assert not BasicBlock(2, 2)._fused_tail(mr.randn(1, 2, 4, 4))  # numpy arrays: the generic path
+    assert BasicBlock(2, 2)._fused_tail(mr.randn(1, 2, 4, 4))  # numpy arrays fuse too (minires.ops.batch_norm_cpu)
+    with fast_kernels_off():
+        assert not BasicBlock(2, 2)._fused_tail(mr.randn(1, 2, 4, 4))  # ... unless fast kernels are off
 
 
 def test_cupy_launcher_compiles_each_family_once_and_launches_a_capped_grid(monkeypatch) -> None:

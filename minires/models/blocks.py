@@ -29,11 +29,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 import minires.nn as nn
 import minires.nn.functional as F
 from minires.nn.modules.batchnorm import _BatchNorm
 from minires.ops import pad
-from minires.ops.cuda import use_fast_kernels
+from minires.ops.cuda import fast_kernels_enabled, use_fast_kernels
 from minires.tensor import Tensor
 
 NormLayer = Callable[[int], nn.Module]
@@ -66,12 +68,17 @@ class ResidualAdd(nn.Module):
     """
 
     def forward(self, branch: Tensor, identity: Tensor) -> Tensor:
+        self.check_shapes(branch, identity)
+        return branch + identity
+
+    @staticmethod
+    def check_shapes(branch: Tensor, identity: Tensor) -> None:
+        """The two operands must have one shape (a mismatch means the block lacks its downsample)."""
         if branch.shape != identity.shape:
             raise ValueError(
                 f"ResidualAdd: residual branch output {branch.shape} and shortcut {identity.shape} differ in shape; "
                 "a block that changes channels or stride needs a downsample (projection) shortcut"
             )
-        return branch + identity
 
 
 class OptionAShortcut(nn.Module):
@@ -114,6 +121,29 @@ class OptionAShortcut(nn.Module):
         return f"{self.in_planes}, {self.out_planes}, stride={self.stride}" + (", padding='split'" if self.padding == "split" else "")
 
 
+def fusion_pays(x: Tensor) -> bool:
+    """Whether fused BN ops should run on x's arrays: on NumPy while fast kernels are enabled (their
+    passes are :mod:`minires.ops.batch_norm_cpu`'s), on a GPU where its fast BN kernel passed its self-check."""
+    if isinstance(x.data, np.ndarray):
+        return fast_kernels_enabled()
+    return use_fast_kernels(x.data, "batch_norm")
+
+
+def unwatched(*modules: nn.Module | None) -> bool:
+    """True when none of the modules has forward, forward-pre or full backward hooks: a fused op may then
+    stand in for them (hooks must see exactly the tensors the separate modules give)."""
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules if m is not None)
+
+
+def norm_relu(norm: nn.Module, relu: nn.Module, x: Tensor) -> Tensor:
+    """``relu(norm(x))``: as one fused op (``BatchNorm2d.forward_relu``) when ``norm`` is a plain
+    ``BatchNorm2d``, ``relu`` a plain ``nn.ReLU``, no hooks watch either and :func:`fusion_pays`; else the
+    two modules in turn. Both give the same values, gradients and running statistics."""
+    if type(norm) is nn.BatchNorm2d and type(relu) is nn.ReLU and unwatched(norm, relu) and fusion_pays(x):
+        return norm.forward_relu(x)
+    return relu(norm(x))
+
+
 class _ResidualBlock(nn.Module):
     """What every block shares: the shortcut, the hookable add and ``forward``.
 
@@ -141,8 +171,10 @@ class _ResidualBlock(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._fused_tail(x):  # GPU: last BN + add + ReLU in one kernel pass, same result
-            return self._last_norm().forward_add_relu(self._branch_before_last_norm(x), self.shortcut(x))
+        if self._fused_tail(x):  # last BN + add + ReLU as one op (one pass over the data), same result
+            out, identity = self._branch_before_last_norm(x), self.shortcut(x)
+            ResidualAdd.check_shapes(out, identity)
+            return self._last_norm().forward_add_relu(out, identity)
         out = self.branch(x)
         if self.add is None:  # plain: no skip connection
             return self.relu(out)
@@ -159,15 +191,15 @@ class _ResidualBlock(nn.Module):
         raise NotImplementedError
 
     def _fused_tail(self, x: Tensor) -> bool:
-        """Whether ``relu(last_norm(...) + shortcut)`` may run as one fused op: on arrays with fast kernels
-        (a GPU), for a skip block whose last norm is a plain ``BatchNorm2d`` and ReLU a plain ``nn.ReLU``,
-        and only while no hooks watch those layers or the add (hooks see exactly what the unfused path gives)."""
-        if self.add is None or not use_fast_kernels(x.data, "batch_norm"):
+        """Whether ``relu(last_norm(...) + shortcut)`` may run as one fused op: where :func:`fusion_pays`, for
+        a skip block whose last norm is a plain ``BatchNorm2d`` and ReLU a plain ``nn.ReLU``, and only while
+        no hooks watch those layers or the add (hooks see exactly what the unfused path gives)."""
+        if self.add is None or not fusion_pays(x):
             return False
         norm = self._last_norm()
         if type(norm) is not nn.BatchNorm2d or type(self.relu) is not nn.ReLU:
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in (norm, self.add, self.relu))
+        return unwatched(norm, self.add, self.relu)
 
 
 class BasicBlock(_ResidualBlock):
@@ -207,7 +239,7 @@ class BasicBlock(_ResidualBlock):
         return self.bn2(self._branch_before_last_norm(x))
 
     def _branch_before_last_norm(self, x: Tensor) -> Tensor:
-        return self.conv2(self.relu(self.bn1(self.conv1(x))))
+        return self.conv2(norm_relu(self.bn1, self.relu, self.conv1(x)))
 
     def _last_norm(self) -> nn.Module:
         return self.bn2
@@ -255,8 +287,8 @@ class Bottleneck(_ResidualBlock):
         return self.bn3(self._branch_before_last_norm(x))
 
     def _branch_before_last_norm(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.conv3(self.relu(self.bn2(self.conv2(out))))
+        out = norm_relu(self.bn1, self.relu, self.conv1(x))
+        return self.conv3(norm_relu(self.bn2, self.relu, self.conv2(out)))
 
     def _last_norm(self) -> nn.Module:
         return self.bn3
@@ -292,10 +324,10 @@ class _PreActBlock(_ResidualBlock):
         raise NotImplementedError
 
     def branch(self, x: Tensor) -> Tensor:
-        return self._branch_from(self.relu(self.bn1(x)))
+        return self._branch_from(norm_relu(self.bn1, self.relu, x))
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = self.relu(self.bn1(x))
+        pre = norm_relu(self.bn1, self.relu, x)
         out = self._branch_from(pre)
         if self.add is None:
             return out
@@ -343,7 +375,7 @@ class PreActBasicBlock(_PreActBlock):
 
     def _branch_from(self, pre: Tensor) -> Tensor:
         out = self.conv1(pre)
-        return self.conv2(self.relu(self.bn2(out)))
+        return self.conv2(norm_relu(self.bn2, self.relu, out))
 
     def zero_init_last(self) -> None:
         """Start the block as the identity: no BatchNorm follows the last conv, so zero its weight."""
@@ -381,8 +413,8 @@ class PreActBottleneck(_PreActBlock):
 
     def _branch_from(self, pre: Tensor) -> Tensor:
         out = self.conv1(pre)
-        out = self.conv2(self.relu(self.bn2(out)))
-        return self.conv3(self.relu(self.bn3(out)))
+        out = self.conv2(norm_relu(self.bn2, self.relu, out))
+        return self.conv3(norm_relu(self.bn3, self.relu, out))
 
     def zero_init_last(self) -> None:
         """Start the block as the identity: no BatchNorm follows the last conv, so zero its weight."""

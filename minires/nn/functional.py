@@ -16,7 +16,7 @@ from minires.ops.indexing import one_hot
 from minires.ops.layer_norm import group_norm, layer_norm
 from minires.ops.linear import linear
 from minires.ops.losses import cross_entropy, mse_loss, nll_loss
-from minires.ops.normalization import batch_norm, batch_norm_add_relu
+from minires.ops.normalization import batch_norm, batch_norm_add_relu, batch_norm_relu
 from minires.ops.pooling import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from minires.ops.shape import flatten, pad
 from minires.tensor import Tensor
@@ -38,7 +38,7 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
 
 
 __all__ = [
-    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "batch_norm_add_relu",
+    "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "batch_norm", "batch_norm_add_relu", "batch_norm_relu",
     "conv2d", "cross_entropy", "dropout", "flatten", "group_norm", "layer_norm", "leaky_relu", "linear",
     "log_softmax", "max_pool2d", "mse_loss", "nll_loss", "one_hot", "pad", "relu", "sigmoid", "softmax",
     "tanh",

@@ -21,6 +21,7 @@ import numpy as np
 from minires.amp import cast_to_float32
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
+from minires.ops import batch_norm_cpu
 from minires.ops._util import as_tensor, check_float
 from minires.ops.cuda import launch as cuda_launch
 from minires.ops.cuda import use_fast_kernels
@@ -60,6 +61,8 @@ def batch_norm_apply(x3: Any, mean: Any, scale: Any, bias: Any, residual3: Any =
     if use_fast_kernels(x3, "batch_norm"):  # cuda arrays: one fused kernel; the code below is its reference
         zeros = bias if bias is not None else xp_of(x3).zeros_like(mean)
         return cuda_launch.bn_forward(x3, mean, scale, zeros, residual3, relu)
+    if centred is None and batch_norm_cpu.usable(x3):  # channels-last numpy: long-row passes in cache
+        return batch_norm_cpu.forward_eval(x3, mean, scale, bias, residual3, relu)
     xp = xp_of(x3)
     out = xp.subtract(x3, mean[:, None]) if centred is None else centred
     scale_col = scale[:, None]
@@ -84,6 +87,8 @@ def batch_norm_forward_train(
     the output buffer), so a large mean does not cancel the variance away; then :func:`batch_norm_apply`
     (with the optional residual add and ReLU) in that buffer.
     """
+    if batch_norm_cpu.usable(x3):  # channels-last numpy: the same passes on long rows, block by block in cache
+        return batch_norm_cpu.forward_train(x3, weight, bias, eps, residual3, relu)
     xp = xp_of(x3)
     dt = x3.dtype
     m = x3.shape[0] * x3.shape[2]
@@ -152,6 +157,30 @@ def batch_norm_backward_eval(
     if need_b:
         db = _channel_sum(xp, g3)
     return dx, dw, db
+
+
+def batch_norm_backward(
+    g3: Any, x3: Any, mean: Any, invstd: Any, weight: Any, training: bool, needs: tuple[bool, bool, bool, bool], y3: Any = None
+) -> tuple[Any, Any, Any, Any]:
+    """Backward of BN, BN + ReLU or BN + add + ReLU on (N, C, K) arrays: (dx3, dweight, dbias, dresidual3).
+
+    ``needs`` says which of (x, residual, weight, bias) want a gradient (None for the others). ``y3``: the
+    op ended in a ReLU with that output, so the gradient first goes through its mask, ``g * (y > 0)``;
+    that masked gradient is also the residual's. ``training``: the statistics were the batch's own.
+    Channels-last NumPy arrays take :mod:`minires.ops.batch_norm_cpu`'s passes; the rest the code above.
+    """
+    need_x, need_r, need_w, need_b = needs
+    if batch_norm_cpu.usable(x3):
+        dx3, dw, db, dr3 = batch_norm_cpu.backward(g3, x3, mean, invstd, weight, training, y3, need_x, need_w or need_b, need_r)
+    else:
+        if y3 is not None:
+            g3 = xp_of(g3).multiply(g3, y3 > 0)  # through the ReLU: the gradient of the sum
+        dr3 = g3
+        if training:
+            dx3, dw, db = batch_norm_backward_train(g3, x3, mean, invstd, weight, need_x)
+        else:
+            dx3, dw, db = batch_norm_backward_eval(g3, x3, mean, invstd, weight, need_x, need_w, need_b)
+    return dx3, (dw if need_w else None), (db if need_b else None), (dr3 if need_r else None)
 
 
 def _check_input(name: str, x: Any) -> None:
@@ -248,9 +277,8 @@ class BatchNormTrainFunction(Function):
     def backward(ctx: Context, g: Any, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
         x3, mean, invstd, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dx3, dw, db = batch_norm_backward_train(g.reshape(x3.shape), x3, mean, invstd, w, need_x)
-        dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
-        return dx, (dw if need_w else None), (db if need_b else None), None
+        dx3, dw, db, _ = batch_norm_backward(g.reshape(x3.shape), x3, mean, invstd, w, True, (need_x, False, need_w, need_b))
+        return (None if dx3 is None else dx3.reshape(ctx.x_shape)), dw, db, None
 
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
@@ -277,12 +305,9 @@ class BatchNormEvalFunction(Function):
         _check_input(name, x)
         for what, t in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
             _check_channel_vector(name, what, t, x)
-        xp = xp_of(x)
-        dt = x.dtype
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
-        mean = mean.astype(dt, copy=False)
-        invstd = (1 / xp.sqrt(var.astype(dt, copy=False) + dt.type(eps))).astype(dt, copy=False)
+        w, b = _as_dtype(weight, x.dtype), _as_dtype(bias, x.dtype)
+        mean, invstd = _fixed_statistics(x.dtype, mean, var, eps)
         out = batch_norm_apply(x3, mean, invstd if w is None else invstd * w, b)
         ctx.x_shape = x.shape
         ctx.save_for_backward(x3, mean, invstd, w)
@@ -292,7 +317,7 @@ class BatchNormEvalFunction(Function):
     def backward(ctx: Context, g: Any) -> tuple[Any, ...]:
         x3, mean, invstd, w = ctx.saved_tensors
         need_x, _, _, need_w, need_b, _ = ctx.needs_input_grad
-        dx3, dw, db = batch_norm_backward_eval(g.reshape(x3.shape), x3, mean, invstd, w, need_x, need_w, need_b)
+        dx3, dw, db, _ = batch_norm_backward(g.reshape(x3.shape), x3, mean, invstd, w, False, (need_x, False, need_w, need_b))
         return None if dx3 is None else dx3.reshape(ctx.x_shape), None, None, dw, db, None
 
     @staticmethod
@@ -305,66 +330,113 @@ class BatchNormEvalFunction(Function):
         return dx, None, None, dw, db, None
 
 
+def _fixed_statistics(dtype: Any, mean: Any, var: Any, eps: float) -> tuple[Any, Any]:
+    """Eval mode's (mean, invstd) in x's dtype from given (running) mean and var."""
+    xp = xp_of(mean)
+    mean, var = mean.astype(dtype, copy=False), var.astype(dtype, copy=False)
+    return mean, (1 / xp.sqrt(var + dtype.type(eps))).astype(dtype, copy=False)
+
+
+def _fused_forward(
+    ctx: Context, name: str, x: Any, residual: Any, weight: Any, bias: Any, mean: Any, var: Any, eps: float
+) -> tuple[Any, Any, Any]:
+    """Forward of the fused ops, ``relu(batch_norm(x) (+ residual))``: (y, mean, var); saves what backward needs.
+
+    ``mean``/``var`` None: training (batch statistics, returned); given: eval (returned as given)."""
+    _check_input(name, x)
+    if residual is not None and tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(f"{name}: residual has shape {tuple(residual.shape)}, expected the input's shape {tuple(x.shape)}")
+    for what, t in (("weight", weight), ("bias", bias), ("running_mean", mean), ("running_var", var)):
+        _check_channel_vector(name, what, t, x)
+    dt = x.dtype
+    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    r3 = None if residual is None else residual.astype(dt, copy=False).reshape(x3.shape)
+    w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
+    ctx.training, ctx.eps, ctx.x_shape = mean is None, float(eps), x.shape
+    if ctx.training:
+        _check_batch_statistics(name, x)
+        y3, mean, var, invstd = batch_norm_forward_train(x3, w, b, float(eps), r3, relu=True)
+    else:
+        mean, invstd = _fixed_statistics(dt, mean, var, eps)
+        var = var.astype(dt, copy=False)
+        y3 = batch_norm_apply(x3, mean, invstd if w is None else invstd * w, b, r3, relu=True)
+    ctx.save_for_backward(x3, y3, mean, invstd, w)
+    ctx.mark_non_differentiable(1, 2)
+    return y3.reshape(x.shape), mean, var
+
+
+def _fused_backward(ctx: Context, g: Any, needs: tuple[bool, bool, bool, bool]) -> tuple[Any, Any, Any, Any]:
+    """(dx, dresidual, dweight, dbias) of a fused op, shaped like x (None where not needed)."""
+    x3, y3, mean, invstd, w = ctx.saved_tensors
+    dx3, dw, db, dr3 = batch_norm_backward(g.reshape(x3.shape), x3, mean, invstd, w, ctx.training, needs, y3)
+    shape = ctx.x_shape
+    return (None if dx3 is None else dx3.reshape(shape)), (None if dr3 is None else dr3.reshape(shape)), dw, db
+
+
+def _fused_backward_graph(ctx: Context, g: Tensor, needs: tuple[bool, bool, bool], weight_index: int) -> tuple[Any, Any, Any, Tensor]:
+    """(dx, dweight, dbias, masked g) of a fused op as Tensor ops (differentiable again); the masked g is
+    the residual's gradient. The ReLU's mask is a constant (its second derivative is 0 off the kink)."""
+    x3, y3, mean, invstd, w = ctx.saved_arrays
+    g = g * (y3.reshape(ctx.x_shape) > 0)
+    x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
+    weight = None if w is None else ctx.input_tensor(weight_index, w)
+    stats = None if ctx.training else (mean, invstd)
+    dx, dw, db = batch_norm_grads_graph(x, weight, g, needs, ctx.eps, stats)
+    return dx, dw, db, g
+
+
+class BatchNormReLUFunction(Function):
+    """``relu(batch_norm(x))``: BN followed by ReLU (inside every residual branch) as one op.
+
+    ``BatchNormReLUFunction.apply(x, weight, bias, mean, var, eps) -> (y, mean, var)``: x (N, C, *);
+    weight, bias (C,) or None. With ``mean`` and ``var`` None it normalises with the batch statistics
+    (training) and returns them (not differentiable) for the running-statistics update; given (eval), it
+    normalises with them and returns them. It keeps only y for the ReLU (no mask), and on the CPU makes
+    the normalise and the ReLU one pass over the data (a GPU kernel does the same). Gradients go to x,
+    weight and bias.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any, mean: Any, var: Any, eps: float) -> tuple[Any, Any, Any]:
+        return _fused_forward(ctx, "batch_norm_relu", x, None, weight, bias, mean, var, eps)
+
+    @staticmethod
+    def backward(ctx: Context, g: Any, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dx, _, dw, db = _fused_backward(ctx, g, (need_x, False, need_w, need_b))
+        return dx, dw, db, None, None, None
+
+    @staticmethod
+    def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
+        dx, dw, db, _ = _fused_backward_graph(ctx, g, ctx.needs_input_grad[:3], weight_index=1)
+        return dx, dw, db, None, None, None
+
+
 class BatchNormAddReLUFunction(Function):
     """``relu(batch_norm(x) + residual)``: the tail of a post-activation residual block as one op.
 
     ``BatchNormAddReLUFunction.apply(x, residual, weight, bias, mean, var, eps) -> (y, mean, var)``: x and
     residual (N, C, *) of one shape; weight, bias (C,) or None. With ``mean`` and ``var`` None it
     normalises with the batch statistics (training) and returns them (not differentiable) for the
-    running-statistics update; given (eval), it normalises with them and returns them. On a GPU the
-    normalise, add and ReLU are one kernel pass, and the backward's elementwise pass another. Gradients go
-    to x, residual, weight and bias.
+    running-statistics update; given (eval), it normalises with them and returns them. The normalise, add
+    and ReLU are one pass over the data (a GPU kernel, or :mod:`minires.ops.batch_norm_cpu`'s blocks), and
+    so is the backward's elementwise work. Gradients go to x, residual, weight and bias.
     """
 
     @staticmethod
     def forward(ctx: Context, x: Any, residual: Any, weight: Any, bias: Any, mean: Any, var: Any, eps: float) -> tuple[Any, Any, Any]:
-        name = "batch_norm_add_relu"
-        _check_input(name, x)
-        if tuple(residual.shape) != tuple(x.shape):
-            raise ValueError(f"{name}: residual has shape {tuple(residual.shape)}, expected the input's shape {tuple(x.shape)}")
-        for what, t in (("weight", weight), ("bias", bias), ("running_mean", mean), ("running_var", var)):
-            _check_channel_vector(name, what, t, x)
-        xp = xp_of(x)
-        dt = x.dtype
-        x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        r3 = residual.astype(dt, copy=False).reshape(x3.shape)
-        w, b = _as_dtype(weight, dt), _as_dtype(bias, dt)
-        ctx.training, ctx.eps = mean is None, float(eps)
-        if ctx.training:
-            _check_batch_statistics(name, x)
-            y3, mean, var, invstd = batch_norm_forward_train(x3, w, b, float(eps), r3, relu=True)
-        else:
-            mean, var = mean.astype(dt, copy=False), var.astype(dt, copy=False)
-            invstd = (1 / xp.sqrt(var + dt.type(eps))).astype(dt, copy=False)
-            y3 = batch_norm_apply(x3, mean, invstd if w is None else invstd * w, b, r3, relu=True)
-        ctx.x_shape = x.shape
-        ctx.save_for_backward(x3, y3, mean, invstd, w)
-        ctx.mark_non_differentiable(1, 2)
-        return y3.reshape(x.shape), mean, var
+        return _fused_forward(ctx, "batch_norm_add_relu", x, residual, weight, bias, mean, var, eps)
 
     @staticmethod
     def backward(ctx: Context, g: Any, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
-        x3, y3, mean, invstd, w = ctx.saved_tensors
-        need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
-        g3 = xp_of(g).multiply(g.reshape(x3.shape), y3 > 0)  # through the ReLU: the gradient of the sum
-        if ctx.training:
-            dx3, dw, db = batch_norm_backward_train(g3, x3, mean, invstd, w, need_x)
-        else:
-            dx3, dw, db = batch_norm_backward_eval(g3, x3, mean, invstd, w, need_x, need_w, need_b)
-        dx = None if dx3 is None else dx3.reshape(ctx.x_shape)
-        dr = g3.reshape(ctx.x_shape) if need_r else None
-        return dx, dr, (dw if need_w else None), (db if need_b else None), None, None, None
+        dx, dr, dw, db = _fused_backward(ctx, g, ctx.needs_input_grad[:4])
+        return dx, dr, dw, db, None, None, None
 
     @staticmethod
     def backward_graph(ctx: Context, g: Tensor, _mean: Any = None, _var: Any = None) -> tuple[Any, ...]:
-        x3, y3, mean, invstd, w = ctx.saved_arrays
         need_x, need_r, need_w, need_b = ctx.needs_input_grad[:4]
-        g = g * (y3.reshape(ctx.x_shape) > 0)  # through the ReLU (its mask is a constant)
-        x = ctx.input_tensor(0, x3.reshape(ctx.x_shape))
-        weight = None if w is None else ctx.input_tensor(2, w)
-        stats = None if ctx.training else (mean, invstd)
-        dx, dw, db = batch_norm_grads_graph(x, weight, g, (need_x, need_w, need_b), ctx.eps, stats)
-        return dx, (g if need_r else None), dw, db, None, None, None
+        dx, dw, db, masked = _fused_backward_graph(ctx, g, (need_x, need_w, need_b), weight_index=2)
+        return dx, (masked if need_r else None), dw, db, None, None, None
 
 
 def update_running_stats(running_mean: Any, running_var: Any, mean: Any, var: Any, count: int, momentum: float) -> None:
@@ -410,6 +482,25 @@ def batch_norm(
     return y
 
 
+def batch_norm_relu(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``relu(batch_norm(x, ...))`` as one op (:class:`BatchNormReLUFunction`): equal to the two in sequence.
+
+    Same arguments and running-statistics update as :func:`batch_norm`. One pass over the data for the
+    normalise and the ReLU instead of two, and only y kept for backward (no ReLU mask). The residual
+    blocks of :mod:`minires.models` call it for their inner BN + ReLU pairs when no hooks watch those layers.
+    """
+    return _fused("batch_norm_relu", x, None, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
 def batch_norm_add_relu(
     x: Tensor,
     residual: Tensor,
@@ -424,18 +515,32 @@ def batch_norm_add_relu(
     """``relu(batch_norm(x, ...) + residual)`` as one op: the tail of a post-activation residual block.
 
     Same arguments and running-statistics update as :func:`batch_norm`, plus ``residual`` (x's shape).
-    Equal to the three ops in sequence; on a GPU it makes one pass over the data instead of three
-    (:class:`BatchNormAddReLUFunction`). The residual blocks of :mod:`minires.models` call it on GPU arrays.
+    Equal to the three ops in sequence, in one pass over the data instead of three
+    (:class:`BatchNormAddReLUFunction`). The residual blocks of :mod:`minires.models` call it when no hooks
+    watch the layers it replaces.
     """
-    name = "batch_norm_add_relu"
-    x, residual = cast_to_float32(as_tensor(x), as_tensor(residual))
+    return _fused("batch_norm_add_relu", x, residual, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _fused(
+    name: str, x: Any, residual: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
+    training: bool, momentum: float, eps: float,
+) -> Tensor:
+    """:func:`batch_norm_relu` (``residual`` None) or :func:`batch_norm_add_relu`: checks, the Function, the
+    running-statistics update."""
+    if residual is None:
+        (x,) = cast_to_float32(as_tensor(x))
+    else:
+        x, residual = cast_to_float32(as_tensor(x), as_tensor(residual))
     weight, bias, running_mean, running_var = _norm_arguments(name, x, weight, bias, running_mean, running_var)
-    if residual.device != x.device:
+    if residual is not None and residual.device != x.device:
         raise RuntimeError(f"{name}: residual is on {residual.device}, input is on {x.device}; move them to one device")
+    head = (x,) if residual is None else (x, residual)
+    fn = BatchNormReLUFunction if residual is None else BatchNormAddReLUFunction
     if not training and running_mean is not None:
-        y, _, _ = BatchNormAddReLUFunction.apply(x, residual, weight, bias, running_mean, running_var, float(eps))
+        y, _, _ = fn.apply(*head, weight, bias, running_mean, running_var, float(eps))
         return y
-    y, mean, var = BatchNormAddReLUFunction.apply(x, residual, weight, bias, None, None, float(eps))
+    y, mean, var = fn.apply(*head, weight, bias, None, None, float(eps))
     if running_mean is not None:
         update_running_stats(running_mean.data, running_var.data, mean.data, var.data, x.numel() // x.shape[1], float(momentum))
     return y

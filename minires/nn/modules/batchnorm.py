@@ -106,9 +106,14 @@ class _BatchNorm(Module):
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - PyTorch's argument name
         return F.batch_norm(input, *self._functional_arguments(input))
 
+    def forward_relu(self, input: Tensor) -> Tensor:  # noqa: A002
+        """``relu(self(input))`` as one op (:func:`F.batch_norm_relu`), with the same state updates as
+        ``forward``; hooks of this layer do not run (callers check there are none)."""
+        return F.batch_norm_relu(input, *self._functional_arguments(input))
+
     def forward_add_relu(self, input: Tensor, residual: Tensor) -> Tensor:  # noqa: A002
         """``relu(self(input) + residual)`` as one op (:func:`F.batch_norm_add_relu`), with the same state
-        updates as ``forward``; forward hooks of this layer do not run (callers check there are none)."""
+        updates as ``forward``; hooks of this layer do not run (callers check there are none)."""
         return F.batch_norm_add_relu(input, residual, *self._functional_arguments(input))
 
     def extra_repr(self) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 from minires.backend import device_of, xp_of
 from minires.ops.cuda.sources import KERNELS, suffix_of
 from minires.ops.geometry import Window2d
+from minires.ops.layout import empty_in_layout, in_layout, is_channels_last
 
 
 class Launcher(Protocol):
@@ -151,36 +152,7 @@ def col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d) 
     return img.transpose(0, 3, 1, 2)
 
 
-# -- BatchNorm: (N, C, *spatial) arrays in NCHW or channels-last memory --------------------------------
-def _to_last(ndim: int) -> tuple[int, ...]:
-    return (0,) + tuple(range(2, ndim)) + (1,)
-
-
-def _from_last(ndim: int) -> tuple[int, ...]:
-    return (0, ndim - 1) + tuple(range(1, ndim - 1))
-
-
-def is_channels_last(a: Any) -> bool:
-    """True when an (N, C, *spatial) array's memory is (N, *spatial, C) contiguous (and not NCHW too)."""
-    return a.ndim > 2 and not a.flags.c_contiguous and a.transpose(_to_last(a.ndim)).flags.c_contiguous
-
-
-def in_layout(a: Any, channels_last: bool) -> Any:
-    """``a`` (a view when it already is so) with contiguous NCHW memory, or channels-last memory."""
-    xp = xp_of(a)
-    if not channels_last:
-        return xp.ascontiguousarray(a)
-    return xp.ascontiguousarray(a.transpose(_to_last(a.ndim))).transpose(_from_last(a.ndim))
-
-
-def _empty(xp: Any, shape: tuple[int, ...], dtype: Any, channels_last: bool) -> Any:
-    """An uninitialised (N, C, *spatial) array with NCHW or channels-last memory."""
-    if not channels_last:
-        return xp.empty(shape, dtype=dtype)
-    last = tuple(shape[i] for i in _to_last(len(shape)))
-    return xp.empty(last, dtype=dtype).transpose(_from_last(len(shape)))
-
-
+# -- BatchNorm: (N, C, *spatial) arrays in NCHW or channels-last memory (minires.ops.layout) -----------
 def _inner(shape: tuple[int, ...], channels_last: bool) -> int:
     """Elements between consecutive channels in memory: 1 channels-last, prod(spatial) for NCHW."""
     return 1 if channels_last else math.prod(shape[2:])
@@ -202,7 +174,7 @@ def bn_forward(x: Any, mean: Any, scale: Any, bias: Any, residual: Any = None, r
     channels_last = is_channels_last(x)
     x = in_layout(x, channels_last)
     res = x if residual is None else in_layout(residual, channels_last)
-    y = _empty(xp, x.shape, x.dtype, channels_last)
+    y = empty_in_layout(xp, x.shape, x.dtype, channels_last)
     mean, scale, bias = _channel_coefficients(x.dtype, mean, scale, bias)
     args = (x, res, y, mean, scale, bias, np.int64(x.size), np.int64(x.shape[1]), np.int64(_inner(x.shape, channels_last)),
             np.int32(residual is not None), np.int32(bool(relu)))
@@ -218,7 +190,7 @@ def bn_backward(g: Any, x: Any, mean: Any, k: Any, mean_g: Any, proj: Any) -> An
     channels_last = is_channels_last(x)
     x = in_layout(x, channels_last)
     g = in_layout(g, channels_last)
-    dx = _empty(xp_of(x), x.shape, x.dtype, channels_last)
+    dx = empty_in_layout(xp_of(x), x.shape, x.dtype, channels_last)
     mean, k, mean_g, proj = _channel_coefficients(x.dtype, mean, k, mean_g, proj)
     args = (g, x, dx, mean, k, mean_g, proj, np.int64(x.size), np.int64(x.shape[1]), np.int64(_inner(x.shape, channels_last)))
     _launch("batch_norm", "minires_bn_backward", x.dtype, x.size, args, device_of(x))
