@@ -12,6 +12,7 @@ import minires as mr
 import minires.nn as nn
 import minires.nn.functional as F
 from minires.models import BasicBlock, CifarResNet, PreActBasicBlock
+from minires.ops.cuda import fast_kernels_off
 from minires.viz import (
     GradientFlowRecorder,
     GraphvizNotFoundWarning,
@@ -82,9 +83,15 @@ def test_to_dot_resnet_names_parameters_and_finds_every_block() -> None:
     for name, p in model.named_parameters():
         assert any(label.startswith(f"{name}\\n({', '.join(map(str, p.shape))}") for label in labels), name
     assert dot.count("skip rejoins") == 3  # one per BasicBlock (1 per stage at depth 8)
-    assert "Conv2dBackward" in dot and "BatchNormTrainBackward" in dot
-    # option-A shortcut paths (GetItem, Pad) are on the identity path and styled
+    assert "Conv2dBackward" in dot and "BatchNormReLUBackward" in dot  # BN + ReLU fused (no hooks watch them)
+    assert dot.count("BatchNormAddReLUBackward\\nskip rejoins") == 3  # the fused tail is where the skip rejoins
+    fused = dot
+    with fast_kernels_off():  # the separate ops
+        dot = to_dot(model(mr.randn(2, 1, 8, 8)).sum(), model)
+    assert dot.count("AddBackward\\nskip rejoins") == 3 and "BatchNormTrainBackward" in dot and "ReLUBackward" in dot
+    # option-A shortcut paths (GetItem, Pad) are on the identity path and styled, fused or not
     assert dot.count("penwidth") >= 3 + 2 * 3
+    assert fused.count("penwidth") == dot.count("penwidth")
 
 
 def test_to_dot_plain_network_has_no_skip() -> None:

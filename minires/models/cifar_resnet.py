@@ -18,7 +18,7 @@ with the same option-A shortcuts, plus the extra ``final_bn`` + ReLU before the 
 from __future__ import annotations
 
 import minires.nn as nn
-from minires.models.blocks import BasicBlock, OptionAShortcut, PreActBasicBlock
+from minires.models.blocks import BasicBlock, OptionAShortcut, PreActBasicBlock, norm_relu
 from minires.models.resnet import ResNetBase, check_image_input, init_resnet_weights
 from minires.tensor import Tensor
 
@@ -79,12 +79,12 @@ class CifarResNet(ResNetBase):
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and the three stages: ``(N, C, H, W) -> (N, 64, H / 4, W / 4)``."""
         check_image_input(f"CifarResNet-{self.depth}", x, self.in_channels, self.min_input_size, "its stages downsample by 4")
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = norm_relu(self.bn1, self.relu, self.conv1(x))
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
         if self.preact:
-            x = self.relu(self.final_bn(x))
+            x = norm_relu(self.final_bn, self.relu, x)
         return x
 
 

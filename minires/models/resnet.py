@@ -33,6 +33,7 @@ from minires.models.blocks import (
     PreActBasicBlock,
     PreActBottleneck,
     conv1x1,
+    norm_relu,
     projection_shortcut,
 )
 from minires.tensor import Tensor
@@ -196,13 +197,13 @@ class ResNet(ResNetBase):
             else "the cifar stem and stages downsample by 8 (three stride-2 stages)"
         )
         check_image_input(f"ResNet ({self.stem} stem)", x, self.in_channels, self.min_input_size, why)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(norm_relu(self.bn1, self.relu, self.conv1(x)))
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
         x = self.layer4(x)
         if self.preact:
-            x = self.relu(self.final_bn(x))
+            x = norm_relu(self.final_bn, self.relu, x)
         return x
 
 

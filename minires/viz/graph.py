@@ -8,10 +8,12 @@ direction of the *forward* pass, inputs at the top::
     leaf parameter (named)  --->  op (e.g. Conv2dBackward)  --->  tensor (shape)  --->  next op ...
 
 Gradients travel the same arrows in reverse. A tensor with two or more outgoing arrows *fans out*
-(its gradient is the sum of what comes back along each); an ``Add`` whose two inputs trace back to
-the same tensor is where a skip connection *rejoins*. Such adds are drawn orange, the fork tensor
-yellow, and the short (identity) path between them green and bold, so the residual structure of a
-ResNet stands out in the picture.
+(its gradient is the sum of what comes back along each); an ``Add`` (or a residual block's fused
+``BatchNormAddReLU`` tail) whose two summands trace back to the same tensor is where a skip connection
+*rejoins*. Such adds are drawn orange, the fork tensor yellow, and the short (identity) path between
+them green and bold, so the residual structure of a ResNet stands out in the picture. (The blocks run
+BN + ReLU and BN + add + ReLU as fused ops unless hooks watch them; under
+``minires.ops.cuda.fast_kernels_off()`` the graph shows the separate ops.)
 
 Only tensors that require grad are in the graph: an input image without ``requires_grad`` or the
 labels of a loss leave no trace (the engine records no edge for them).
@@ -160,14 +162,21 @@ class SkipJoin:
     identity_edges: list[tuple[tuple[Any, ...], Node]]  # (tensor, op it feeds) along the short path
 
 
+# Ops that add their first two inputs: the plain add, and the fused BN + add + ReLU tail of a residual block
+# (its inputs are the branch before its last BatchNorm, the shortcut, then the BN's weight and bias).
+_ADDING_OPS = ("Add", "BatchNormAddReLU")
+
+
 def _find_skip_joins(graph: _Graph) -> list[SkipJoin]:
-    """Every two-input ``Add`` whose inputs share an ancestor tensor: a skip connection rejoining."""
+    """Every add (``Add``, or the fused ``BatchNormAddReLU``) whose two summands share an ancestor tensor:
+    a skip connection rejoining."""
     order = {key: i for i, key in enumerate(graph.tensors)}  # first seen = earlier in the forward pass
     joins: list[SkipJoin] = []
     for node in graph.ops:
         keys = graph.inputs[id(node)]
-        if node.name != "Add" or len(keys) != 2 or keys[0] is None or keys[1] is None:
+        if node.name not in _ADDING_OPS or len(keys) < 2 or keys[0] is None or keys[1] is None:
             continue
+        keys = keys[:2]
         walks = [_ancestors(graph, k) for k in keys]
         common = [k for k in walks[0] if k in walks[1]]
         if not common:
