@@ -102,11 +102,15 @@ def spy() -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def rows_and_blocks(row_values: int, block_bytes: int) -> Iterator[None]:
-    """Other row and block sizes inside the block (the row-length cache cleared on the way in and out)."""
+def rows_and_blocks(row_values: int, block_bytes: int, parallel_bytes: int | None = None) -> Iterator[None]:
+    """Other row and block sizes inside the block (the row-length cache cleared on the way in and out);
+    ``parallel_bytes=0`` splits even small arrays over the thread pool."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(batch_norm_cpu, "ROW_VALUES", row_values)
         mp.setattr(batch_norm_cpu, "BLOCK_BYTES", block_bytes)
+        if parallel_bytes is not None:
+            mp.setattr(batch_norm_cpu, "PARALLEL_BYTES", parallel_bytes)
+            mp.setenv("MINIRES_NUM_THREADS", "3")  # three parts, whatever the machine's cores
         batch_norm_cpu.row_length.cache_clear()
         try:
             yield
@@ -134,7 +138,9 @@ cases = st.fixed_dictionaries(
         "r_last": st.booleans(),
         "g_last": st.booleans(),
         "seed": st.integers(0, 2**16),
-        "rows": st.sampled_from([(12, 3 * 12 * 8), (40, 100), (batch_norm_cpu.ROW_VALUES, batch_norm_cpu.BLOCK_BYTES)]),
+        "rows": st.sampled_from(
+            [(12, 3 * 12 * 8), (12, 2 * 12 * 8, 0), (40, 100), (batch_norm_cpu.ROW_VALUES, batch_norm_cpu.BLOCK_BYTES)]
+        ),
     }
 )
 
@@ -185,6 +191,23 @@ def _fast_path_equals_formula_and_reference(case: dict[str, Any]) -> None:
         np.testing.assert_allclose(got["running_var"], 0.7 * stats[1] + 0.3 * want["var"] * m / (m - 1), rtol=1e-12)
     if case["x_last"] and x.ndim > 2:
         assert channels_last_dense(got["y"]) and channels_last_dense(got["dx"])  # outputs keep the input's layout
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", KINDS)
+def test_parts_on_the_thread_pool_give_the_formula(kind: str, training: bool) -> None:
+    """Rows split into three parts on the pool (sums of the parts added up), small blocks within each."""
+    case = {"shape": (5, 3, 4, 3), "kind": kind, "training": training, "affine": True, "seed": 7,
+            "x_last": True, "r_last": True, "g_last": True}
+    x, r, w, b, g, stats = _data(case)
+    want = formula(x, r, w, b, g, kind, None if training else stats)
+    assert kind == "bn" or np.abs(want["z"]).min() > 1e-6
+    with rows_and_blocks(12, 2 * 12 * 8, parallel_bytes=0), spy() as calls:
+        got = run_op(kind, x, r, w, b, g, training, stats)
+    assert calls == ["forward_train" if training else "forward_eval", "backward"]
+    for name in ("y", "dx", "dr", "dw", "db"):
+        if got[name] is not None:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 @settings(max_examples=30, deadline=None)

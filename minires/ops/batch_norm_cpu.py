@@ -56,10 +56,12 @@ copied into channels-last first.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import numpy as np
 
+from minires.ops._parallel import over_batch
 from minires.ops.cuda import fast_kernels_enabled
 from minires.ops.layout import channels_last_dense, empty_in_layout, in_layout, to_last
 
@@ -67,6 +69,10 @@ from minires.ops.layout import channels_last_dense, empty_in_layout, in_layout, 
 ROW_VALUES = 1 << 14
 #: Bytes of one block of rows: a block of each operand and the scratch buffers fit in the L2 cache.
 BLOCK_BYTES = 1 << 18
+#: Whether the passes split the rows over the cores (minires.ops._parallel's pool), or run on one thread;
+#: arrays under PARALLEL_BYTES always run on one (handing work to the pool costs more than it saves there).
+THREADS = True
+PARALLEL_BYTES = 1 << 20
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -106,9 +112,7 @@ class ChannelRows:
         length = row_length(self.count, self.channels)
         self.reps = length // self.channels
         self.rows_shape = (x.size // length, length)
-        block = max(1, BLOCK_BYTES // (length * x.dtype.itemsize))
-        self.block = min(block, self.rows_shape[0])
-        self.blocks = [slice(i, min(i + block, self.rows_shape[0])) for i in range(0, self.rows_shape[0], block)]
+        self.block = min(max(1, BLOCK_BYTES // (length * x.dtype.itemsize)), self.rows_shape[0])
 
     def rows(self, a: np.ndarray) -> np.ndarray:
         """(R, L) view of ``a`` (x's shape), after a copy into channels-last memory and x's dtype if needed."""
@@ -130,6 +134,9 @@ class ChannelRows:
         """Per-channel (C,) values -> one (L,) row in x's dtype (column l holds channel l % C)."""
         return np.tile(np.asarray(v, dtype=self.dtype), self.reps)
 
+    def zero_row(self) -> np.ndarray:
+        return np.zeros(self.rows_shape[1], dtype=self.dtype)
+
     def zeros64(self) -> np.ndarray:
         """A float64 (L,) accumulator for column sums."""
         return np.zeros(self.rows_shape[1], dtype=np.float64)
@@ -138,6 +145,28 @@ class ChannelRows:
         """(L,) column sums -> (C,) per-channel sums, float64."""
         return column_sums.reshape(self.reps, self.channels).sum(0)
 
+    def over_parts(self, work: Callable[[Iterator[slice]], Any]) -> list[Any]:
+        """Run ``work(blocks)`` on parts of the rows, one part per core (the thread pool of
+        :mod:`minires.ops._parallel`; one part when :data:`THREADS` is off or the array is small); ``blocks``
+        walks the part's rows block by block. Returns each part's result."""
+        n, block = self.rows_shape[0], self.block
+
+        def part(a: int, b: int) -> Any:
+            return work(slice(i, min(i + block, b)) for i in range(a, b, block))
+
+        row_bytes = self.rows_shape[1] * self.dtype.itemsize
+        if not THREADS or n * row_bytes < PARALLEL_BYTES:
+            return [part(0, n)]
+        return over_batch(np, n, row_bytes, part, target_bytes=n * row_bytes)  # parts of ceil(n / cores) rows
+
+    def column_sums(self, work: Callable[[Iterator[slice]], Any]) -> Any:
+        """:meth:`over_parts` for work that returns float64 column sums (one (L,) array or a tuple of them):
+        the parts' sums added up."""
+        parts = self.over_parts(work)
+        if isinstance(parts[0], tuple):
+            return tuple(sum(p[i] for p in parts) for i in range(len(parts[0])))
+        return sum(parts)
+
 
 def _normalise_rows(cr: ChannelRows, out: np.ndarray, x: np.ndarray | None, mean_row: Any, scale: Any, bias: Any,
                     residual: np.ndarray | None, relu: bool) -> None:
@@ -145,18 +174,22 @@ def _normalise_rows(cr: ChannelRows, out: np.ndarray, x: np.ndarray | None, mean
     (rows; when x is None, out already holds ``x - mean``). bias, residual None: left out."""
     scale_row = cr.tile(scale)
     bias_row = None if bias is None else cr.tile(bias)
-    zero_row = np.zeros(cr.rows_shape[1], dtype=cr.dtype)
-    for b in cr.blocks:
-        ob = out[b]
-        if x is not None:
-            np.subtract(x[b], mean_row, out=ob)
-        ob *= scale_row
-        if bias_row is not None:
-            ob += bias_row
-        if residual is not None:
-            ob += residual[b]
-        if relu:
-            np.maximum(ob, zero_row, out=ob)  # NaN stays NaN, as torch.relu
+    zero_row = cr.zero_row()
+
+    def work(blocks: Iterator[slice]) -> None:
+        for b in blocks:
+            ob = out[b]
+            if x is not None:
+                np.subtract(x[b], mean_row, out=ob)
+            ob *= scale_row
+            if bias_row is not None:
+                ob += bias_row
+            if residual is not None:
+                ob += residual[b]
+            if relu:
+                np.maximum(ob, zero_row, out=ob)  # NaN stays NaN, as torch.relu
+
+    cr.over_parts(work)
 
 
 def forward_train(
@@ -167,20 +200,27 @@ def forward_train(
     dt = x.dtype.type
     xr = cr.rows(x)
     y, yr = cr.empty()
-    total = cr.zeros64()
-    for b in cr.blocks:  # pass 1
-        total += xr[b].sum(0)
-    mean = (cr.fold(total) / cr.count).astype(x.dtype)
+
+    def sums(blocks: Iterator[slice]) -> np.ndarray:  # pass 1
+        total = cr.zeros64()
+        for b in blocks:
+            total += xr[b].sum(0)
+        return total
+
+    mean = (cr.fold(cr.column_sums(sums)) / cr.count).astype(x.dtype)
     mean_row = cr.tile(mean)
-    squares = cr.scratch()
-    total[:] = 0
-    for b in cr.blocks:  # pass 2
-        yb = yr[b]
-        np.subtract(xr[b], mean_row, out=yb)
-        sq = squares[: yb.shape[0]]
-        np.multiply(yb, yb, out=sq)
-        total += sq.sum(0)
-    var = (cr.fold(total) / cr.count).astype(x.dtype)
+
+    def centre(blocks: Iterator[slice]) -> np.ndarray:  # pass 2
+        total, squares = cr.zeros64(), cr.scratch()
+        for b in blocks:
+            yb = yr[b]
+            np.subtract(xr[b], mean_row, out=yb)
+            sq = squares[: yb.shape[0]]
+            np.multiply(yb, yb, out=sq)
+            total += sq.sum(0)
+        return total
+
+    var = (cr.fold(cr.column_sums(centre)) / cr.count).astype(x.dtype)
     invstd = (1 / np.sqrt(var + dt(eps))).astype(x.dtype, copy=False)
     scale = invstd if weight is None else invstd * weight
     _normalise_rows(cr, yr, None, mean_row, scale, bias, None if residual is None else cr.rows(residual), relu)  # pass 3
@@ -219,46 +259,51 @@ def backward(
     cr = ChannelRows(x)
     xr, gr = cr.rows(x), cr.rows(g)
     yr = None if y is None else cr.rows(y)
-    m = None
-    masked = masked_r = None
-    if yr is not None:
-        masked, masked_r = cr.empty()
-        mask = cr.scratch(bool)
-        zero_row = np.zeros(cr.rows_shape[1], dtype=cr.dtype)
+    masked, masked_r = cr.empty() if yr is not None else (None, None)
     mean_row = cr.tile(mean)
-    scratch = cr.scratch()
     sums = need_sums or (training and need_x)
-    sum_g, sum_gd = cr.zeros64(), cr.zeros64()
-    for b in cr.blocks:  # pass 1
-        gb = gr[b]
-        if masked_r is not None:
-            mb = mask[: gb.shape[0]]
-            np.greater(yr[b], zero_row, out=mb)
-            gb = np.multiply(gb, mb, out=masked_r[b])
-        if sums:
-            sum_g += gb.sum(0)
-            s = scratch[: gb.shape[0]]
-            np.subtract(xr[b], mean_row, out=s)
-            s *= gb
-            sum_gd += s.sum(0)
+    if masked_r is None and not sums:
+        source = gr
+    else:
+        source = gr if masked_r is None else masked_r
+        zero_row = cr.zero_row()
+
+        def pass1(blocks: Iterator[slice]) -> tuple[np.ndarray, np.ndarray]:
+            sum_g, sum_gd, scratch, mask = cr.zeros64(), cr.zeros64(), cr.scratch(), cr.scratch(bool)
+            for b in blocks:
+                gb = gr[b]
+                n = gb.shape[0]
+                if masked_r is not None:
+                    np.greater(yr[b], zero_row, out=mask[:n])
+                    gb = np.multiply(gb, mask[:n], out=masked_r[b])
+                if sums:
+                    sum_g += gb.sum(0)
+                    s = scratch[:n]
+                    np.subtract(xr[b], mean_row, out=s)
+                    s *= gb
+                    sum_gd += s.sum(0)
+            return sum_g, sum_gd
+
+        sum_g, sum_gd = cr.column_sums(pass1)
     dweight = dbias = None
     if sums:
         sg, sgd = cr.fold(sum_g), cr.fold(sum_gd)
         dweight, dbias = (sgd * invstd).astype(x.dtype), sg.astype(x.dtype)
-    dx = None
-    if need_x:
-        k = invstd if weight is None else invstd * weight
-        k_row = cr.tile(k)
-        source = gr if masked_r is None else masked_r
-        if masked_r is not None and not keep_masked:  # dx overwrites g_r, which nobody else needs
-            dx, dxr = masked, masked_r
-        else:
-            dx, dxr = cr.empty()
-        if training:
-            m = cr.count
-            c1_row = cr.tile(-k * invstd * invstd * sgd / m)
-            c2_row = cr.tile(-k * sg / m)
-        for b in cr.blocks:  # pass 2
+    if not need_x:
+        return None, dweight, dbias, (masked if keep_masked else None)
+    k = invstd if weight is None else invstd * weight
+    k_row = cr.tile(k)
+    if masked_r is not None and not keep_masked:  # dx overwrites g_r, which nobody else needs
+        dx, dxr = masked, masked_r
+    else:
+        dx, dxr = cr.empty()
+    if training:
+        c1_row = cr.tile(-k * invstd * invstd * sgd / cr.count)
+        c2_row = cr.tile(-k * sg / cr.count)
+
+    def pass2(blocks: Iterator[slice]) -> None:
+        scratch = cr.scratch()
+        for b in blocks:
             db = dxr[b]
             np.multiply(source[b], k_row, out=db)
             if training:
@@ -267,7 +312,9 @@ def backward(
                 s *= c1_row
                 db += s
                 db += c2_row
+
+    cr.over_parts(pass2)
     return dx, dweight, dbias, (masked if keep_masked else None)
 
 
-__all__ = ["BLOCK_BYTES", "ROW_VALUES", "ChannelRows", "backward", "forward_eval", "forward_train", "row_length", "usable"]
+__all__ = ["BLOCK_BYTES", "ROW_VALUES", "THREADS", "ChannelRows", "backward", "forward_eval", "forward_train", "row_length", "usable"]
