@@ -168,10 +168,10 @@ class ChannelRows:
         return sum(parts)
 
 
-def _normalise_rows(cr: ChannelRows, out: np.ndarray, x: np.ndarray | None, mean_row: Any, scale: Any, bias: Any,
+def _normalise_rows(cr: ChannelRows, out: np.ndarray, source: np.ndarray, mean_row: Any, scale: Any, bias: Any,
                     residual: np.ndarray | None, relu: bool) -> None:
-    """Pass 3: ``out <- relu((x - mean) * scale + bias + residual)`` block by block, in place on ``out``
-    (rows; when x is None, out already holds ``x - mean``). bias, residual None: left out."""
+    """Pass 3: ``out <- relu((source - mean) * scale + bias + residual)`` block by block, on rows. ``mean_row``
+    None: source is already centred (``x - mean``). bias, residual None: left out."""
     scale_row = cr.tile(scale)
     bias_row = None if bias is None else cr.tile(bias)
     zero_row = cr.zero_row()
@@ -179,9 +179,11 @@ def _normalise_rows(cr: ChannelRows, out: np.ndarray, x: np.ndarray | None, mean
     def work(blocks: Iterator[slice]) -> None:
         for b in blocks:
             ob = out[b]
-            if x is not None:
-                np.subtract(x[b], mean_row, out=ob)
-            ob *= scale_row
+            if mean_row is None:
+                np.multiply(source[b], scale_row, out=ob)
+            else:
+                np.subtract(source[b], mean_row, out=ob)
+                ob *= scale_row
             if bias_row is not None:
                 ob += bias_row
             if residual is not None:
@@ -192,6 +194,11 @@ def _normalise_rows(cr: ChannelRows, out: np.ndarray, x: np.ndarray | None, mean
     cr.over_parts(work)
 
 
+def _dot_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Column sums of ``a * b`` for two (rows, L) blocks -> (L,), without an (rows, L) temporary."""
+    return np.einsum("ij,ij->j", a, b)
+
+
 def forward_train(
     x: np.ndarray, weight: Any, bias: Any, eps: float, residual: np.ndarray | None = None, relu: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -199,7 +206,6 @@ def forward_train(
     cr = ChannelRows(x)
     dt = x.dtype.type
     xr = cr.rows(x)
-    y, yr = cr.empty()
 
     def sums(blocks: Iterator[slice]) -> np.ndarray:  # pass 1
         total = cr.zeros64()
@@ -209,21 +215,20 @@ def forward_train(
 
     mean = (cr.fold(cr.column_sums(sums)) / cr.count).astype(x.dtype)
     mean_row = cr.tile(mean)
+    y, yr = cr.empty()
 
-    def centre(blocks: Iterator[slice]) -> np.ndarray:  # pass 2
-        total, squares = cr.zeros64(), cr.scratch()
+    def centre(blocks: Iterator[slice]) -> np.ndarray:  # pass 2: y <- d
+        total = cr.zeros64()
         for b in blocks:
             yb = yr[b]
             np.subtract(xr[b], mean_row, out=yb)
-            sq = squares[: yb.shape[0]]
-            np.multiply(yb, yb, out=sq)
-            total += sq.sum(0)
+            total += _dot_columns(yb, yb)
         return total
 
     var = (cr.fold(cr.column_sums(centre)) / cr.count).astype(x.dtype)
     invstd = (1 / np.sqrt(var + dt(eps))).astype(x.dtype, copy=False)
     scale = invstd if weight is None else invstd * weight
-    _normalise_rows(cr, yr, None, mean_row, scale, bias, None if residual is None else cr.rows(residual), relu)  # pass 3
+    _normalise_rows(cr, yr, yr, None, scale, bias, None if residual is None else cr.rows(residual), relu)  # pass 3
     return y, mean, var, invstd
 
 
@@ -262,14 +267,14 @@ def backward(
     masked, masked_r = cr.empty() if yr is not None else (None, None)
     mean_row = cr.tile(mean)
     sums = need_sums or (training and need_x)
-    if masked_r is None and not sums:
-        source = gr
-    else:
-        source = gr if masked_r is None else masked_r
+    source = gr if masked_r is None else masked_r
+    sum_g = sum_gd = None
+    if masked_r is not None or sums:
         zero_row = cr.zero_row()
 
         def pass1(blocks: Iterator[slice]) -> tuple[np.ndarray, np.ndarray]:
-            sum_g, sum_gd, scratch, mask = cr.zeros64(), cr.zeros64(), cr.scratch(), cr.scratch(bool)
+            sum_g, sum_gd = cr.zeros64(), cr.zeros64()
+            scratch, mask = cr.scratch(), cr.scratch(bool)
             for b in blocks:
                 gb = gr[b]
                 n = gb.shape[0]
@@ -278,10 +283,7 @@ def backward(
                     gb = np.multiply(gb, mask[:n], out=masked_r[b])
                 if sums:
                     sum_g += gb.sum(0)
-                    s = scratch[:n]
-                    np.subtract(xr[b], mean_row, out=s)
-                    s *= gb
-                    sum_gd += s.sum(0)
+                    sum_gd += _dot_columns(gb, np.subtract(xr[b], mean_row, out=scratch[:n]))
             return sum_g, sum_gd
 
         sum_g, sum_gd = cr.column_sums(pass1)
