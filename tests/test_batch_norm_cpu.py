@@ -104,11 +104,12 @@ def spy() -> Iterator[list[str]]:
 @contextlib.contextmanager
 def rows_and_blocks(row_values: int, block_bytes: int, parallel_bytes: int | None = None) -> Iterator[None]:
     """Other row and block sizes inside the block (the row-length cache cleared on the way in and out);
-    ``parallel_bytes=0`` splits even small arrays over the thread pool."""
+    ``parallel_bytes`` given: threads on, and arrays of that size or more split over the pool (0: all)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(batch_norm_cpu, "ROW_VALUES", row_values)
         mp.setattr(batch_norm_cpu, "BLOCK_BYTES", block_bytes)
         if parallel_bytes is not None:
+            mp.setattr(batch_norm_cpu, "THREADS", True)
             mp.setattr(batch_norm_cpu, "PARALLEL_BYTES", parallel_bytes)
             mp.setenv("MINIRES_NUM_THREADS", "3")  # three parts, whatever the machine's cores
         batch_norm_cpu.row_length.cache_clear()

@@ -23,7 +23,8 @@ The rows are processed in blocks of about 256 KB (:data:`BLOCK_BYTES`). A block,
 scratch buffer, stay in the L2 cache between the ufuncs that work on them, so a chain of k in-place
 ufuncs on one block costs one trip to memory instead of k. Each block's column sums are added into
 float64 accumulators, so a float32 sum over millions of values loses no more than one block's rounding.
-(Threads do not pay here: two threads on these memory-bound loops ran no faster on a 2-core machine.)
+The passes can split the rows over the cores (:data:`THREADS`), but on a 2-core machine that did not pay:
+these loops are bound by memory traffic and by NumPy's per-call overhead more than by arithmetic.
 
 The passes
 ----------
@@ -69,9 +70,10 @@ from minires.ops.layout import channels_last_dense, empty_in_layout, in_layout, 
 ROW_VALUES = 1 << 14
 #: Bytes of one block of rows: a block of each operand and the scratch buffers fit in the L2 cache.
 BLOCK_BYTES = 1 << 18
-#: Whether the passes split the rows over the cores (minires.ops._parallel's pool), or run on one thread;
-#: arrays under PARALLEL_BYTES always run on one (handing work to the pool costs more than it saves there).
-THREADS = True
+#: Whether the passes split the rows over the cores (minires.ops._parallel's pool), or run on one thread
+#: (the default: on the 2-core development machine two threads ran the ResNet-20 BatchNorm passes no faster,
+#: 250 vs 260 ms median for 15 steps' worth, under load). Arrays under PARALLEL_BYTES always run on one.
+THREADS = False
 PARALLEL_BYTES = 1 << 20
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
