@@ -120,3 +120,33 @@ def test_relu_of_minus_infinity_is_zero(device):
     np.testing.assert_array_equal(y.numpy(), [0.0, 0.0, 2.0, np.inf])
     y.sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0, 1.0, 1.0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.sampled_from([(4, 16, 32, 32), (3, 5, 37, 41), (1 << 14,), (2, 3, 64, 64)]),
+    layout=st.sampled_from(["nchw", "channels-last", "reversed", "strided"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_relu_on_large_arrays_runs_as_rows_and_equals_maximum(shape, layout, dtype, seed) -> None:
+    """Large NumPy arrays take relu_values' rows-against-a-zero-row path: same values (NaN, +-inf, -0.0
+    included) and the input's memory layout; non-dense or reversed ones the plain call."""
+    from minires.ops.activations import relu_values
+
+    x = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    x.flat[:6] = [np.nan, -np.inf, np.inf, -0.0, 0.0, -1e-45]
+    if layout == "channels-last" and x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    elif layout == "reversed":
+        x = x[::-1]
+    elif layout == "strided":
+        x = x[..., ::2]
+    y = relu_values(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert y.dtype == x.dtype and y.strides == np.empty_like(x).strides
+    t = mr.tensor(x, requires_grad=True)
+    out = mr.relu(t)
+    np.testing.assert_array_equal(out.numpy(), np.maximum(x, 0))
+    out.backward(mr.ones(*x.shape, dtype=dtype))
+    np.testing.assert_array_equal(t.grad.numpy(), (x > 0).astype(dtype))

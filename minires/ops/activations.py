@@ -4,10 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
 from minires.ops._util import as_tensor, check_float, normalize_axes, quiet
+from minires.ops.batch_norm_cpu import row_length
 from minires.tensor import Tensor
+
+
+def relu_values(x: Any) -> Any:
+    """``max(x, 0)`` as a new array in x's memory layout (NaN stays NaN; not ``x * (x > 0)``: -inf * 0 is NaN).
+
+    NumPy runs ``maximum``'s vectorised loop only when both operands are arrays: against the scalar 0 it is
+    about 2.5x slower than a copy. So a large dense NumPy array is viewed as rows of up to 16K values
+    (in memory order) and compared with one row of zeros.
+    """
+    xp = xp_of(x)
+    if xp is np and x.size >= _ROWS_FROM:
+        out = np.empty_like(x)
+        flat, flat_out = x.ravel(order="K"), out.ravel(order="K")
+        length = row_length(x.size, 1)
+        if out.strides == x.strides and np.shares_memory(flat, x) and length >= 1024:  # dense, same layout
+            np.maximum(flat.reshape(-1, length), np.zeros(length, x.dtype), out=flat_out.reshape(-1, length))
+            return out
+    return xp.maximum(x, x.dtype.type(0))
+
+
+_ROWS_FROM = 1 << 14  # arrays smaller than this: the plain call (the rows would not pay for their setup)
 
 
 class ReLUFunction(Function):
@@ -20,7 +44,7 @@ class ReLUFunction(Function):
     def forward(ctx: Context, x: Any) -> Any:
         mask = x > 0
         ctx.save_for_backward(mask)
-        return xp_of(x).maximum(x, x.dtype.type(0))  # not x * mask: -inf * 0 is nan
+        return relu_values(x)
 
     @staticmethod
     def backward(ctx: Context, g: Any) -> Any:
