@@ -100,6 +100,17 @@ def test_winograd_gradcheck(device, case, seed):
         assert mr.gradcheck(lambda a, kk, bb: conv2d(a, kk, bb, padding=padding), inputs)
 
 
+@settings(FIXTURE_OK, max_examples=8)
+@given(case=winograd_cases(max_size=5, max_channels=2, symmetric=True), seed=st.integers(0, 2**16))
+def test_winograd_gradgradcheck(case, seed):
+    """Second derivatives through the Winograd path (it keeps x, not columns) against finite differences."""
+    x, k, b, _ = _draw_arrays(case, np.float64, seed)
+    inputs = [mr.tensor(a, requires_grad=True) for a in (x, k, b)]
+    padding = (case[5][0], case[5][2])
+    with backends.use_conv_algorithm("winograd"):
+        assert mr.gradgradcheck(lambda a, kk, bb: conv2d(a, kk, bb, padding=padding), inputs)
+
+
 @settings(max_examples=20, deadline=None)
 @given(c=st.integers(1, 4), o=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_weight_transform_adjoint_is_its_transpose(c, o, seed):
@@ -123,15 +134,51 @@ def test_auto_rule_picks_winograd_only_where_it_applies():
     choose = backends.choose_conv_algorithm
     f32 = np.dtype(np.float32)
     s1 = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    assert choose(np, f32, *s1) == "winograd"
-    assert choose(np, np.dtype(np.float64), *s1) == "winograd"
-    assert choose(np, np.dtype(np.float16), *s1) == "im2col"
-    assert choose(np, f32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1) == "im2col"  # stride 2
-    assert choose(np, f32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1) == "im2col"  # 1x1
-    assert choose(np, f32, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1) == "im2col"  # dilated
-    assert choose(np, f32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2) == "im2col"  # grouped
-    assert choose(np, f32, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 1) == "im2col"  # padding 3
-    assert choose(object(), f32, *s1) == "im2col"  # not numpy (cupy): its kernels stay
+    big = (16, (32, 32))  # 16 input channels, 32x32 outputs: a CIFAR ResNet's first stage
+    assert choose(np, f32, *s1, *big) == "winograd"
+    assert choose(np, np.dtype(np.float64), *s1, *big) == "winograd"
+    assert choose(np, np.dtype(np.float16), *s1, *big) == "im2col"
+    assert choose(np, f32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, *big) == "im2col"  # stride 2
+    assert choose(np, f32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, *big) == "im2col"  # 1x1
+    assert choose(np, f32, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, *big) == "im2col"  # dilated
+    assert choose(np, f32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, *big) == "im2col"  # grouped
+    assert choose(np, f32, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 1, *big) == "im2col"  # padding 3
+    assert choose(object(), f32, *s1, *big) == "im2col"  # not numpy (cupy): its kernels stay
+
+
+@pytest.mark.parametrize(
+    "channels, size, expected",
+    [
+        (3, 32, "im2col"),  # an RGB stem: K = 3 GEMMs
+        (7, 32, "im2col"),  # just under WINOGRAD_MIN_CHANNELS
+        (8, 32, "winograd"),
+        (16, 32, "winograd"),  # ResNet-20's first stage
+        (32, 16, "winograd"),
+        (64, 8, "winograd"),  # ResNet-20's last stage
+        (16, 8, "im2col"),  # 8 * 8 * 16 = 1024 < WINOGRAD_MIN_WORK: the digits net's first stage
+        (32, 8, "winograd"),  # 8 * 8 * 32 = 2048, just at the threshold
+        (512, 4, "im2col"),  # ResNet-18's last stage: 4x4 maps
+        (64, 2, "im2col"),
+    ],
+)
+def test_auto_rule_by_layer_size(channels, size, expected):
+    s1 = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert backends.choose_conv_algorithm(np, np.dtype(np.float32), *s1, channels, (size, size)) == expected
+    with backends.use_conv_algorithm("winograd"):  # forcing ignores the size rule
+        assert backends.choose_conv_algorithm(np, np.dtype(np.float32), *s1, channels, (size, size)) == "winograd"
+
+
+def test_auto_runs_the_chosen_algorithm(monkeypatch):
+    """conv2d asks the rule with the layer's real channels and output size, and runs what it answers."""
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    conv2d(mr.randn(2, 16, 8, 8), mr.randn(16, 16, 3, 3), padding=1)  # 8*8*16 < 2048: im2col
+    assert calls == []
+    conv2d(mr.randn(2, 32, 8, 8), mr.randn(4, 32, 3, 3), padding=1)
+    assert calls == [(2, 32, 8, 8)]
+    conv2d(mr.randn(2, 32, 9, 9), mr.randn(4, 32, 3, 3), padding=0)  # 7x7 outputs: im2col
+    assert calls == [(2, 32, 8, 8)]
 
 
 def test_forcing_either_algorithm(monkeypatch):

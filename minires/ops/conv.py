@@ -85,10 +85,8 @@ def _im2col(x: Any, window: Window2d) -> Any:
 
 def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
     """col2im onto ``input_shape`` (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`col2im`."""
-    xp = xp_of(cols)
     n, c, h, w = input_shape
-    (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
-    oh, ow = window.output_size
+    (kh, kw), oh, ow = window.kernel, *window.output_size
     if tuple(cols.shape) != (n * oh * ow, kh * kw * c):
         raise ValueError(
             f"col2im: expected columns of shape {(n * oh * ow, kh * kw * c)} for input shape {tuple(input_shape)}, "
@@ -96,20 +94,49 @@ def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d)
         )
     if use_fast_kernels(cols, "col2im"):  # cuda arrays: a deterministic gather kernel; this code is its reference
         return cuda_launch.col2im(cols, input_shape, window)
-    blocks = cols.reshape(n, oh, ow, kh, kw, c)
-    pt, pb, pl, pr = pads
-    if kh == kw == 1 and sh == sw == 1 and not any(pads):
-        return blocks.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-    # Padded and big enough for every window; rows/cols past the last window get no gradient.
-    out = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=cols.dtype)
+    blocks = cols.reshape(n, oh, ow, kh * kw, c).transpose(3, 0, 1, 2, 4)  # a view: block k = kernel offset (k // kW, k % kW)
+    return _fold_blocks(blocks, input_shape, window)
+
+
+def _fold_blocks(blocks: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
+    """col2im from offset-major blocks: ``blocks[i*kW + j]`` (N, oH, oW, C) is what kernel offset (i, j) read.
+
+    Each block is added onto the (zero-bordered, channels-last) image at its offset. With stride 1 the
+    destination of every block is a dense window, so each add runs over whole rows of oW*C values.
+    With stride s > 1 a block lands on every s-th pixel, which would make each add's inner loop a single
+    pixel's C values; so the image is split into its s*s *phases* (the pixels with row % sH == a and
+    column % sW == b): offset (i, j) lands densely in phase ((i*dH) % sH, (j*dW) % sW) at position
+    ((i*dH) // sH, (j*dW) // sW). A phase that several offsets land in is summed in a dense buffer
+    and written once; one that a single offset lands in is written straight from its block.
+    Works on any array module; on numpy the batch is cut into cache-sized chunks over the cores.
+    The result is a channels-last view (values NCHW, memory NHWC) of a new array.
+    """
+    xp = xp_of(blocks)
+    n, c, h, w = input_shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr) = window.kernel, window.stride, window.dilation, window.padding
+    oh, ow = window.output_size
+    if kh == kw == 1 and sh == sw == 1 and not any(window.padding):
+        return blocks[0].reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    hp, wp = h + pt + pb, w + pl + pr  # rows/cols past the last window get no gradient
+    out = xp.empty((n, hp, wp, c), dtype=blocks.dtype)
+    phases: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # phase -> (block, row, column) in the phase
+    for i in range(kh):
+        for j in range(kw):
+            phases.setdefault(((i * dh) % sh, (j * dw) % sw), []).append((i * kw + j, (i * dh) // sh, (j * dw) // sw))
 
     def work(a: int, b: int) -> None:
         chunk = out[a:b]
         chunk[...] = 0
-        for i in range(kh):
-            for j in range(kw):
-                r, q = i * dh, j * dw
-                chunk[:, r : r + sh * (oh - 1) + 1 : sh, q : q + sw * (ow - 1) + 1 : sw] += blocks[a:b, :, :, i, j]
+        for (ra, cb), parts in phases.items():
+            phase = chunk[:, ra::sh, cb::sw]  # a view of the chunk: (b - a, ceil((hp - ra) / sH), ..., C)
+            if len(parts) == 1 or (sh == sw == 1):  # dense already (stride 1), or one block: add in place
+                for k, r, q in parts:
+                    phase[:, r : r + oh, q : q + ow] += blocks[k, a:b]
+                continue
+            dense = xp.zeros(phase.shape, dtype=blocks.dtype)
+            for k, r, q in parts:
+                dense[:, r : r + oh, q : q + ow] += blocks[k, a:b]
+            phase[...] = dense
 
     _over_batch(xp, n, out.nbytes // max(n, 1), work)  # n may be 0 (an empty batch)
     return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
@@ -246,7 +273,15 @@ def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window: Wind
     n, c = x_shape[:2]
     cg, og = c // groups, wmat.shape[0] // groups
     group_shape = (n, cg) + tuple(x_shape[2:])
-    parts = [_col2im(gmat[:, g * og : (g + 1) * og] @ wmat[g * og : (g + 1) * og], group_shape, window) for g in range(groups)]
+    kk, parts = window.kernel[0] * window.kernel[1], []
+    for g in range(groups):
+        gm, wm = gmat[:, g * og : (g + 1) * og], wmat[g * og : (g + 1) * og]
+        if use_fast_kernels(gm, "col2im"):  # cuda: one GEMM, then the gather kernel
+            parts.append(_col2im(gm @ wm, group_shape, window))
+            continue
+        # one GEMM per kernel offset, each writing a contiguous (N*oH*oW, C/g) block for _fold_blocks
+        blocks = xp_of(gm).matmul(gm, wm.reshape(og, kk, cg).transpose(1, 0, 2))
+        parts.append(_fold_blocks(blocks.reshape(kk, n, *window.output_size, cg), group_shape, window))
     return parts[0] if groups == 1 else xp_of(gmat).concatenate(parts, axis=1)
 
 
@@ -307,7 +342,8 @@ class Conv2dFunction(Function):
         ctx.x_shape, ctx.window, ctx.groups = x.shape, window, groups
         ctx.arguments = (stride, padding, dilation, groups)
         ctx.algorithm = backends.choose_conv_algorithm(
-            xp_of(x), x.dtype, window.kernel, window.stride, window.padding, window.dilation, groups
+            xp_of(x), x.dtype, window.kernel, window.stride, window.padding, window.dilation, groups,
+            x.shape[1], window.output_size,
         )
         need_x, need_w = ctx.needs_input_grad[:2]
         if ctx.algorithm == "winograd":  # keeps x and weight only: backward recomputes the tiles chunk by chunk
