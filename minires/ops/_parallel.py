@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -21,6 +22,7 @@ import numpy as np
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
 _blas: Any = None  # threadpoolctl's controller, built once (listing the BLAS libraries takes ~0.5 ms)
+_worker = threading.local()  # .busy is True in a pool thread while it runs a chunk
 
 
 def threads() -> int:
@@ -73,12 +75,22 @@ def over_batch(
     workers = threads()
     step = chunk_size(n, sample_bytes, target_bytes)
     starts = range(0, n, step)
-    if workers < 2:  # one core: the same cache-sized chunks, one after another
+    if workers < 2 or getattr(_worker, "busy", False):
+        # one core, or called from inside a chunk (a chunked conv building its columns): the same
+        # cache-sized chunks, one after another in this thread (a nested pool.map could deadlock)
         return [work(a, min(a + step, n)) for a in starts]
     if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
         _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minires"))
     pool = _pool[1]
+
+    def run(a: int) -> Any:
+        _worker.busy = True
+        try:
+            return work(a, min(a + step, n))
+        finally:
+            _worker.busy = False
+
     if not blas:
-        return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
+        return list(pool.map(run, starts))
     with single_threaded_blas():
-        return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
+        return list(pool.map(run, starts))

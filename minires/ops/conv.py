@@ -9,9 +9,15 @@ Rows are output pixels in NHWC order and the channel is the innermost column ind
 that builds ``cols`` reads runs of C contiguous values from a channels-last (NHWC) copy of the
 input: no transposing copy of the big column matrix is ever made. The convolution is then one
 GEMM per group, ``out (N*oH*oW, O) = cols @ W2.T`` with ``W2 = weight.transpose(0, 2, 3, 1)
-.reshape(O, kH*kW*C)`` (a small copy of the weight, not of the columns). Backward reuses the
-saved columns: ``dW2 = dout.T @ cols`` and ``dcols = dout @ W2``, and :func:`col2im` adds the
-kH*kW column blocks back onto the input, one strided slice per kernel offset.
+.reshape(O, kH*kW*C)`` (a small copy of the weight, not of the columns). Backward uses the
+columns again: ``dW2 = dout.T @ cols`` and ``dcols = dout @ W2``, and :func:`col2im` adds the
+kH*kW column blocks back onto the input (:func:`fold_into`: one dense add per kernel offset, the
+image split into its stride phases when the stride is above 1).
+
+The functions here work on the whole batch at once: the reference, the teaching path and the GPU path.
+On the CPU, :class:`Conv2dFunction` runs the same steps chunk by chunk of the batch
+(:mod:`minires.ops.conv_chunked`: columns that stay in cache, built again in backward instead of kept),
+and 3x3 stride-1 layers large enough may run as Winograd F(2x2, 3x3) (:mod:`minires.ops.winograd`).
 
 The output (N, O, oH, oW) is returned as a *channels-last view* of the GEMM result (the same
 memory format as PyTorch's ``channels_last``): its values and shape are NCHW, but its memory is
@@ -101,45 +107,48 @@ def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d)
 def _fold_blocks(blocks: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
     """col2im from offset-major blocks: ``blocks[i*kW + j]`` (N, oH, oW, C) is what kernel offset (i, j) read.
 
-    Each block is added onto the (zero-bordered, channels-last) image at its offset. With stride 1 the
-    destination of every block is a dense window, so each add runs over whole rows of oW*C values.
-    With stride s > 1 a block lands on every s-th pixel, which would make each add's inner loop a single
-    pixel's C values; so the image is split into its s*s *phases* (the pixels with row % sH == a and
-    column % sW == b): offset (i, j) lands densely in phase ((i*dH) % sH, (j*dW) % sW) at position
-    ((i*dH) // sH, (j*dW) // sW). A phase that several offsets land in is summed in a dense buffer
-    and written once; one that a single offset lands in is written straight from its block.
-    Works on any array module; on numpy the batch is cut into cache-sized chunks over the cores.
-    The result is a channels-last view (values NCHW, memory NHWC) of a new array.
+    Returns (N, C, H, W), a channels-last view (values NCHW, memory NHWC) of a new zero-bordered array;
+    :func:`fold_into` does the adding, over cache-sized chunks of the batch shared by the cores.
     """
     xp = xp_of(blocks)
     n, c, h, w = input_shape
-    (kh, kw), (sh, sw), (dh, dw), (pt, pb, pl, pr) = window.kernel, window.stride, window.dilation, window.padding
-    oh, ow = window.output_size
+    (kh, kw), (sh, sw), (pt, pb, pl, pr) = window.kernel, window.stride, window.padding
     if kh == kw == 1 and sh == sw == 1 and not any(window.padding):
         return blocks[0].reshape(n, h, w, c).transpose(0, 3, 1, 2)
-    hp, wp = h + pt + pb, w + pl + pr  # rows/cols past the last window get no gradient
-    out = xp.empty((n, hp, wp, c), dtype=blocks.dtype)
+    out = xp.empty((n, h + pt + pb, w + pl + pr, c), dtype=blocks.dtype)  # rows/cols past the last window get no gradient
+    _over_batch(xp, n, out.nbytes // max(n, 1), lambda a, b: fold_into(out[a:b], blocks[:, a:b], window))  # n may be 0
+    return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
+
+
+def fold_into(padded: Any, blocks: Any, window: Window2d) -> None:
+    """Zero ``padded`` (n, H + pT + pB, W + pL + pR, C) and add each kernel offset's block onto it.
+
+    ``blocks[i*kW + j]`` (n, oH, oW, C) is what offset (i, j) read. With stride 1 the destination of
+    every block is a dense window, so each add runs over whole rows of oW*C values. With stride s > 1 a
+    block lands on every s-th pixel, which would make each add's inner loop a single pixel's C values;
+    so the image is split into its s*s *phases* (the pixels with row % sH == a and column % sW == b):
+    offset (i, j) lands densely in phase ((i*dH) % sH, (j*dW) % sW) at position ((i*dH) // sH,
+    (j*dW) // sW). A phase that several offsets land in is summed in a dense buffer and written once;
+    one that a single offset lands in is added straight from its block. Any array module.
+    """
+    xp = xp_of(blocks)
+    (kh, kw), (sh, sw), (dh, dw) = window.kernel, window.stride, window.dilation
+    oh, ow = window.output_size
     phases: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # phase -> (block, row, column) in the phase
     for i in range(kh):
         for j in range(kw):
             phases.setdefault(((i * dh) % sh, (j * dw) % sw), []).append((i * kw + j, (i * dh) // sh, (j * dw) // sw))
-
-    def work(a: int, b: int) -> None:
-        chunk = out[a:b]
-        chunk[...] = 0
-        for (ra, cb), parts in phases.items():
-            phase = chunk[:, ra::sh, cb::sw]  # a view of the chunk: (b - a, ceil((hp - ra) / sH), ..., C)
-            if len(parts) == 1 or (sh == sw == 1):  # dense already (stride 1), or one block: add in place
-                for k, r, q in parts:
-                    phase[:, r : r + oh, q : q + ow] += blocks[k, a:b]
-                continue
-            dense = xp.zeros(phase.shape, dtype=blocks.dtype)
+    padded[...] = 0
+    for (ra, cb), parts in phases.items():
+        phase = padded[:, ra::sh, cb::sw]  # a view: (n, ceil((rows - ra) / sH), ..., C)
+        if len(parts) == 1 or (sh == sw == 1):  # dense already (stride 1), or one block: add in place
             for k, r, q in parts:
-                dense[:, r : r + oh, q : q + ow] += blocks[k, a:b]
-            phase[...] = dense
-
-    _over_batch(xp, n, out.nbytes // max(n, 1), work)  # n may be 0 (an empty batch)
-    return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
+                phase[:, r : r + oh, q : q + ow] += blocks[k]
+            continue
+        dense = xp.zeros(phase.shape, dtype=blocks.dtype)
+        for k, r, q in parts:
+            dense[:, r : r + oh, q : q + ow] += blocks[k]
+        phase[...] = dense
 
 
 def im2col(x: Any, kernel_size: IntPair, stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1) -> Any:
@@ -273,25 +282,38 @@ def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window: Wind
     n, c = x_shape[:2]
     cg, og = c // groups, wmat.shape[0] // groups
     group_shape = (n, cg) + tuple(x_shape[2:])
-    kk, parts = window.kernel[0] * window.kernel[1], []
+    parts = []
     for g in range(groups):
         gm, wm = gmat[:, g * og : (g + 1) * og], wmat[g * og : (g + 1) * og]
         if use_fast_kernels(gm, "col2im"):  # cuda: one GEMM, then the gather kernel
             parts.append(_col2im(gm @ wm, group_shape, window))
-            continue
-        # one GEMM per kernel offset, each writing a contiguous (N*oH*oW, C/g) block for _fold_blocks
-        blocks = xp_of(gm).matmul(gm, wm.reshape(og, kk, cg).transpose(1, 0, 2))
-        parts.append(_fold_blocks(blocks.reshape(kk, n, *window.output_size, cg), group_shape, window))
+        else:
+            parts.append(_fold_blocks(offset_blocks(gm, wm, n, window), group_shape, window))
     return parts[0] if groups == 1 else xp_of(gmat).concatenate(parts, axis=1)
+
+
+def offset_blocks(gm: Any, wm: Any, n: int, window: Window2d) -> Any:
+    """``dout @ W2`` by kernel offset: (kH*kW, n, oH, oW, C) from gm (n*oH*oW, O) and wm (O, kH*kW*C).
+
+    One GEMM per offset, each writing a contiguous block, so that :func:`fold_into` adds long runs.
+    """
+    o, kk = wm.shape[0], window.kernel[0] * window.kernel[1]
+    blocks = xp_of(gm).matmul(gm, wm.reshape(o, kk, -1).transpose(1, 0, 2))
+    return blocks.reshape(kk, n, *window.output_size, blocks.shape[-1])
 
 
 def weight_grad_from(cols: list[Any], gmat: Any, weight_shape: tuple[int, ...]) -> Any:
     """dL/dweight (O, C/g, kH, kW) = (dout.T @ cols) per group, summed over the pixel rows in chunks."""
-    o, cg, kh, kw = weight_shape
     xp, groups = xp_of(gmat), len(cols)
-    og = o // groups
+    og = weight_shape[0] // groups
     gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
-    return xp.ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
+    return weight_from_matrix(gw_t, weight_shape)
+
+
+def weight_from_matrix(gw_t: Any, weight_shape: tuple[int, ...]) -> Any:
+    """(kH*kW*C/g, O), rows in the columns' (offset, channel) order -> a weight-shaped (O, C/g, kH, kW) array."""
+    o, cg, kh, kw = weight_shape
+    return xp_of(gw_t).ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
 
 
 def input_from_columns(cols: list[Any], x_shape: tuple[int, ...], window: Window2d) -> Any:
@@ -317,7 +339,9 @@ class Conv2dFunction(Function):
     arguments, all positional (bias may be None; a 4-D input), and checks them all; :func:`conv2d`
     adds defaults, unbatched input and autocast on top. 3x3 stride-1 convolutions may run as Winograd
     F(2x2, 3x3) instead (:mod:`minires.ops.winograd`), chosen per call by
-    :func:`minires.backends.choose_conv_algorithm`; both compute the same values.
+    :func:`minires.backends.choose_conv_algorithm`; both compute the same values. On the CPU the im2col
+    algorithm runs chunk by chunk (:mod:`minires.ops.conv_chunked`, x kept instead of the columns);
+    the whole-batch functions here are its reference and the GPU path.
 
     Under ``create_graph=True`` its input and weight gradients are ops of their own
     (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op) whose backwards
@@ -352,6 +376,12 @@ class Conv2dFunction(Function):
                 out += bias[:, None, None]
             ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
             return out
+        ctx.chunked = xp_of(x) is np  # numpy: cache-sized chunks (minires/ops/conv_chunked.py), x kept, not columns
+        if ctx.chunked:
+            from minires.ops import conv_chunked
+
+            ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
+            return conv_chunked.forward(x, weight, bias, window, groups)
         wmat = weight_matrix(weight)
         cols = group_columns(x, window, groups)
         ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, weight if need_x else None, None)
@@ -367,6 +397,16 @@ class Conv2dFunction(Function):
                 gx = winograd.conv3x3_input_grad(grad, weight, window.padding)
             if ctx.needs_input_grad[1]:
                 gw = winograd.conv3x3_weight_grad(x, grad, window.padding)
+            if ctx.needs_input_grad[2]:
+                gb = grad.sum(axis=(0, 2, 3))
+            return gx, gw, gb, None, None, None, None
+        if ctx.chunked:  # each chunk's columns are built again for the weight gradient
+            from minires.ops import conv_chunked
+
+            if ctx.needs_input_grad[0]:
+                gx = conv_chunked.input_grad(grad, weight, x_shape, window, groups)
+            if ctx.needs_input_grad[1]:
+                gw = conv_chunked.weight_grad(x, grad, (grad.shape[1], x_shape[1] // groups, *window.kernel), window, groups)
             if ctx.needs_input_grad[2]:
                 gb = grad.sum(axis=(0, 2, 3))
             return gx, gw, gb, None, None, None, None
@@ -389,7 +429,7 @@ class Conv2dFunction(Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, ctx.window, ctx.arguments)
-        if ctx.needs_input_grad[1]:  # Winograd kept x itself; im2col rebuilds it from the columns
+        if ctx.needs_input_grad[1]:  # Winograd and the chunked path kept x itself; whole-batch im2col rebuilds it
             x = ctx.saved_tensor(3) if x is not None else ctx.input_tensor(0, input_from_columns(cols, x_shape, ctx.window))
             w_shape = (grad.shape[1], x_shape[1] // groups, *ctx.window.kernel)
             gw = Conv2dWeightGradFunction.apply(x, grad, w_shape, ctx.window, ctx.arguments)
