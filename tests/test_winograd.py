@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -237,3 +238,21 @@ def test_chunked_kernels_match_one_chunk(monkeypatch):
     whole = [winograd.conv3x3(x, winograd.weight_transform(k), (1, 1, 1, 1)), winograd.conv3x3_weight_grad(x, g, (1, 1, 1, 1))]
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_nested_over_batch_runs_in_the_calling_worker(monkeypatch):
+    """A chunk that itself calls over_batch runs the inner chunks in its own thread instead of waiting
+    on the busy pool (which could deadlock), and every result comes back in order."""
+    from minires.ops import _parallel
+
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+
+    def outer(a: int, b: int) -> list[tuple[int, int]]:
+        return _parallel.over_batch(np, 6, 1, lambda c, d: (a + c, a + d), 1)
+
+    results: list = []
+    runner = threading.Thread(target=lambda: results.append(_parallel.over_batch(np, 8, 1, outer, 1)), daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "nested over_batch did not finish: the pool waited on itself"
+    assert results == [[[(a + c, a + c + 1) for c in range(6)] for a in range(8)]]

@@ -14,10 +14,8 @@ columns again: ``dW2 = dout.T @ cols`` and ``dcols = dout @ W2``, and :func:`col
 kH*kW column blocks back onto the input (:func:`fold_into`: one dense add per kernel offset, the
 image split into its stride phases when the stride is above 1).
 
-The functions here work on the whole batch at once: the reference, the teaching path and the GPU path.
-On the CPU, :class:`Conv2dFunction` runs the same steps chunk by chunk of the batch
-(:mod:`minires.ops.conv_chunked`: columns that stay in cache, built again in backward instead of kept),
-and 3x3 stride-1 layers large enough may run as Winograd F(2x2, 3x3) (:mod:`minires.ops.winograd`).
+On the CPU, 3x3 stride-1 layers large enough run as Winograd F(2x2, 3x3) instead
+(:mod:`minires.ops.winograd`; the rule is :func:`minires.backends.choose_conv_algorithm`).
 
 The output (N, O, oH, oW) is returned as a *channels-last view* of the GEMM result (the same
 memory format as PyTorch's ``channels_last``): its values and shape are NCHW, but its memory is
@@ -339,9 +337,7 @@ class Conv2dFunction(Function):
     arguments, all positional (bias may be None; a 4-D input), and checks them all; :func:`conv2d`
     adds defaults, unbatched input and autocast on top. 3x3 stride-1 convolutions may run as Winograd
     F(2x2, 3x3) instead (:mod:`minires.ops.winograd`), chosen per call by
-    :func:`minires.backends.choose_conv_algorithm`; both compute the same values. On the CPU the im2col
-    algorithm runs chunk by chunk (:mod:`minires.ops.conv_chunked`, x kept instead of the columns);
-    the whole-batch functions here are its reference and the GPU path.
+    :func:`minires.backends.choose_conv_algorithm`; both compute the same values.
 
     Under ``create_graph=True`` its input and weight gradients are ops of their own
     (:mod:`minires.ops.conv_grad`: a transposed convolution and a weight-gradient op) whose backwards
@@ -376,12 +372,6 @@ class Conv2dFunction(Function):
                 out += bias[:, None, None]
             ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
             return out
-        ctx.chunked = xp_of(x) is np  # numpy: cache-sized chunks (minires/ops/conv_chunked.py), x kept, not columns
-        if ctx.chunked:
-            from minires.ops import conv_chunked
-
-            ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
-            return conv_chunked.forward(x, weight, bias, window, groups)
         wmat = weight_matrix(weight)
         cols = group_columns(x, window, groups)
         ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, weight if need_x else None, None)
@@ -397,16 +387,6 @@ class Conv2dFunction(Function):
                 gx = winograd.conv3x3_input_grad(grad, weight, window.padding)
             if ctx.needs_input_grad[1]:
                 gw = winograd.conv3x3_weight_grad(x, grad, window.padding)
-            if ctx.needs_input_grad[2]:
-                gb = grad.sum(axis=(0, 2, 3))
-            return gx, gw, gb, None, None, None, None
-        if ctx.chunked:  # each chunk's columns are built again for the weight gradient
-            from minires.ops import conv_chunked
-
-            if ctx.needs_input_grad[0]:
-                gx = conv_chunked.input_grad(grad, weight, x_shape, window, groups)
-            if ctx.needs_input_grad[1]:
-                gw = conv_chunked.weight_grad(x, grad, (grad.shape[1], x_shape[1] // groups, *window.kernel), window, groups)
             if ctx.needs_input_grad[2]:
                 gb = grad.sum(axis=(0, 2, 3))
             return gx, gw, gb, None, None, None, None
@@ -429,7 +409,7 @@ class Conv2dFunction(Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = Conv2dInputGradFunction.apply(grad, weight, x_shape, ctx.window, ctx.arguments)
-        if ctx.needs_input_grad[1]:  # Winograd and the chunked path kept x itself; whole-batch im2col rebuilds it
+        if ctx.needs_input_grad[1]:  # Winograd kept x itself; im2col rebuilds it from the columns
             x = ctx.saved_tensor(3) if x is not None else ctx.input_tensor(0, input_from_columns(cols, x_shape, ctx.window))
             w_shape = (grad.shape[1], x_shape[1] // groups, *ctx.window.kernel)
             gw = Conv2dWeightGradFunction.apply(x, grad, w_shape, ctx.window, ctx.arguments)
