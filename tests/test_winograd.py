@@ -232,6 +232,7 @@ def test_chunked_kernels_match_one_chunk(monkeypatch):
     rng = np.random.default_rng(0)
     x, k, g = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((7, 4, 6, 6))
     monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)  # on the pool, however small
     monkeypatch.setattr(_parallel, "threads", lambda: 2)
     chunked = [winograd.conv3x3(x, winograd.weight_transform(k), (1, 1, 1, 1)), winograd.conv3x3_weight_grad(x, g, (1, 1, 1, 1))]
     monkeypatch.setattr(_parallel, "threads", lambda: 1)
@@ -246,6 +247,7 @@ def test_nested_over_batch_runs_in_the_calling_worker(monkeypatch):
     from minires.ops import _parallel
 
     monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
 
     def outer(a: int, b: int) -> list[tuple[int, int]]:
         return _parallel.over_batch(np, 6, 1, lambda c, d: (a + c, a + d), 1)
@@ -256,3 +258,16 @@ def test_nested_over_batch_runs_in_the_calling_worker(monkeypatch):
     runner.join(timeout=20)
     assert not runner.is_alive(), "nested over_batch did not finish: the pool waited on itself"
     assert results == [[[(a + c, a + c + 1) for c in range(6)] for a in range(8)]]
+
+
+def test_small_work_stays_in_the_calling_thread(monkeypatch):
+    """Under MIN_PARALLEL_BYTES of work the chunks run in the caller's thread (no pool hand-off);
+    above it they run on the pool's threads."""
+    from minires.ops import _parallel
+
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    where = lambda a, b: threading.current_thread().name  # noqa: E731
+    small = _parallel.over_batch(np, 4, 1, where, 1)
+    assert small == [threading.current_thread().name] * 4
+    big = _parallel.over_batch(np, 4, _parallel.MIN_PARALLEL_BYTES, where, 1)
+    assert len(big) == 4 and all(name.startswith("minires") for name in big)

@@ -56,6 +56,13 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
+# Below this much work (n * sample_bytes) one call runs its chunks in the calling thread: handing chunks
+# to the pool costs ~150-250 us a call (waking the workers, the GIL going back and forth), more than
+# the second core saves on small layers (measured: im2col of a 64x16x8x8 batch 261 us on the pool,
+# 125 us in one thread; the pool starts to pay from ~4-8 MB of padded input).
+MIN_PARALLEL_BYTES = 4 << 20
+
+
 def chunk_size(n: int, sample_bytes: int, target_bytes: int) -> int:
     """Samples per chunk: about ``target_bytes`` of work each, and at least one chunk per core."""
     return max(1, min(-(-n // threads()), target_bytes // max(sample_bytes, 1)))
@@ -75,9 +82,9 @@ def over_batch(
     workers = threads()
     step = chunk_size(n, sample_bytes, target_bytes)
     starts = range(0, n, step)
-    if workers < 2 or getattr(_worker, "busy", False):
-        # one core, or called from inside a chunk (a chunked conv building its columns): the same
-        # cache-sized chunks, one after another in this thread (a nested pool.map could deadlock)
+    if workers < 2 or n * sample_bytes < MIN_PARALLEL_BYTES or getattr(_worker, "busy", False):
+        # one core, little work, or called from inside a chunk: the same cache-sized chunks, one after
+        # another in this thread (a nested pool.map could deadlock)
         return [work(a, min(a + step, n)) for a in starts]
     if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
         _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minires"))
