@@ -20,6 +20,13 @@ read the gradient each path carries. ``block.branch(x)`` and ``block.shortcut(x)
 so the two paths can also be run on their own. With ``plain=True`` a block has no shortcut at all:
 ``add`` and ``downsample`` are ``None`` and ``forward`` is ``relu(branch(x))``.
 
+**Fused BatchNorm ops.** Each BN + ReLU pair runs as one op (``BatchNorm2d.forward_relu``, via
+:func:`norm_relu`) and a post-activation block's tail ``relu(bn(out) + identity)`` as another
+(``BatchNorm2d.forward_add_relu``): fewer passes over the activations and nothing kept for the ReLU but its
+output, with the same values, gradients and running statistics. That happens only while no hook watches
+the layers a fused op stands in for (a hook sees exactly what the separate modules give) and while fast
+kernels are on (``minires.ops.cuda.fast_kernels_off()`` runs the separate modules everywhere).
+
 Attribute names follow torchvision (``conv1``, ``bn1``, ``relu``, ``conv2``, ``bn2``, ``conv3``,
 ``bn3``, ``downsample``), so state_dict keys match torchvision's and its weights load unchanged. The
 stride sits on the 3x3 convolution, as in torchvision's current ("v1.5") ResNet.
@@ -132,7 +139,7 @@ def fusion_pays(x: Tensor) -> bool:
 def unwatched(*modules: nn.Module | None) -> bool:
     """True when none of the modules has forward, forward-pre or full backward hooks: a fused op may then
     stand in for them (hooks must see exactly the tensors the separate modules give)."""
-    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in modules if m is not None)
+    return not any(m._forward_hooks or m._forward_pre_hooks or m.__dict__.get("_backward_hooks") for m in modules if m is not None)
 
 
 def norm_relu(norm: nn.Module, relu: nn.Module, x: Tensor) -> Tensor:
