@@ -33,7 +33,7 @@ M values per channel; ``d = x - mean``; ``k = weight * invstd`` (``invstd = 1 / 
 Training forward, ``y = relu(d * k + bias + residual)`` (the ReLU and residual when fused in):
 
 1. ``mean = sum(x) / M``                                  reads x
-2. ``y <- d``; ``var = sum(d * d) / M``                   reads x, writes y (d * d in the block scratch)
+2. ``y <- d``; ``var = sum(d * d) / M``                   reads x, writes y (sum(d * d) by einsum: no temporary)
 3. ``y <- relu(y * k + bias + residual)``                 in place on y, block by block
 
 Two passes for the statistics on purpose: ``var = E[x^2] - E[x]^2`` in one pass cancels away every
@@ -43,7 +43,7 @@ Eval forward: pass 3 alone, with ``y <- x - running_mean`` done in the block fir
 
 Backward, with ``g`` the incoming gradient and ``g_r = g * (y > 0)`` through a fused ReLU (else g):
 
-1. ``g_r`` (written out when needed), ``sum(g_r)`` and ``sum(g_r * d)``  (d rebuilt in the block scratch)
+1. ``g_r`` (written out when needed), ``sum(g_r)`` and ``sum(g_r * d)``  (d rebuilt in a block-sized scratch)
 2. training: ``dx = k * g_r + c1 * d + c2`` with ``c1 = -k * invstd^2 * sum(g_r * d) / M`` and
    ``c2 = -k * sum(g_r) / M`` (the closed form ``k * (g_r - mean(g_r) - x_hat * mean(g_r * x_hat))``);
    eval: ``dx = k * g_r``.
