@@ -423,12 +423,14 @@ def test_rows_tile_the_memory_exactly(pixels: int, channels: int, target: int) -
         np.zeros((2, 3, 4, 4), np.float32),  # NCHW memory
         channels_last(np.zeros((2, 3, 4, 4), np.float16)),  # float16
         channels_last(np.zeros((2, 3, 4, 4)))[:, :, ::2],  # strided: not dense
+        channels_last(np.zeros((2, batch_norm_cpu.MAX_CHANNELS + 1, 4, 4), np.float32)),  # many channels
     ],
-    ids=["nchw", "float16", "strided"],
+    ids=["nchw", "float16", "strided", "wide"],
 )
 def test_the_fast_path_takes_only_dense_channels_last_float32_and_float64(x: np.ndarray) -> None:
     assert not batch_norm_cpu.usable(x)
     assert batch_norm_cpu.usable(channels_last(np.zeros((2, 3, 4, 4), np.float32)))
+    assert batch_norm_cpu.usable(channels_last(np.zeros((2, batch_norm_cpu.MAX_CHANNELS, 4, 4), np.float32)))
     assert batch_norm_cpu.usable(np.zeros((5, 3)))  # (N, C) memory is channels-last too
     with fast_kernels_off():
         assert not batch_norm_cpu.usable(channels_last(np.zeros((2, 3, 4, 4), np.float32)))
