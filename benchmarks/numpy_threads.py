@@ -19,6 +19,10 @@ microseconds), 2 threads 0.93-1.13x one worker, 2 processes 1.70x; 4 MB arrays (
 and processes both ~1.45x; 64 MB arrays, 1.1-2.0x (noisy). PyTorch's CPU kernels run their loops in OpenMP
 threads without the GIL, so they scale where minires' NumPy passes on cache-sized chunks do not: this is
 most of the gap between the 1-thread ratio of the training-step benchmark and its 2-thread ratio.
+The same holds for a whole Winograd convolution (64x16x32x32, one BLAS thread): one process 7.1 ms; two
+processes at once 6.5 and 7.3 ms each (2x the work per second); two threads at once 10.9 and 9.9 ms each
+(1.35x). Hence ``mpiexec -n <cores>`` (data-parallel ranks, one thread each) is how minires uses a
+multi-core CPU best.
 """
 
 from __future__ import annotations

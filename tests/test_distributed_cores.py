@@ -34,9 +34,18 @@ def test_each_rank_gets_its_share(clean_threads, monkeypatch, machine_cores, loc
     assert _blas_threads() and set(_blas_threads()) == {share}
 
 
-def test_one_rank_or_a_user_setting_is_left_alone(clean_threads, monkeypatch):
+def test_one_rank_changes_nothing(clean_threads):
+    before = _blas_threads()
     assert cores.share_cores(1) is None
-    assert "MINIRES_NUM_THREADS" not in os.environ
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cores.share_cores(2) is None
-    assert "MINIRES_NUM_THREADS" not in os.environ
+    assert "MINIRES_NUM_THREADS" not in os.environ and _blas_threads() == before
+
+
+def test_the_users_settings_are_kept(clean_threads, monkeypatch):
+    monkeypatch.setattr(cores, "available_cores", lambda: 8)
+    threadpool_limits(limits=3, user_api="blas")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user chose BLAS threads: only the pool is set
+    assert cores.share_cores(2) == 4
+    assert _parallel.threads() == 4 and set(_blas_threads()) == {3}
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "1")  # and the pool too: nothing is set
+    assert cores.share_cores(2) == 4
+    assert _parallel.threads() == 1 and set(_blas_threads()) == {3}

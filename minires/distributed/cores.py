@@ -3,9 +3,9 @@
 On the CPU, minires computes with two kinds of threads: BLAS's (numpy's GEMMs) and its own chunk pool
 (:mod:`minires.ops._parallel`). Both default to every core the process may run on. Under ``mpiexec -n N``
 on one machine that is N times too many: the ranks' threads then fight for the cores. :func:`share_cores`
-gives each of the N local ranks ``cores // N`` threads of each kind (at least one), unless the user chose
-already (``MINIRES_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS`` set, or ``mpiexec -bind-to
-core``, which leaves each rank one core in its affinity mask anyway).
+gives each of the N local ranks ``cores // N`` threads (at least one) of each kind the user has not set:
+the pool unless ``MINIRES_NUM_THREADS`` is set, BLAS unless ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``
+is. (With ``mpiexec -bind-to core`` each rank's affinity mask holds one core, so both get one thread.)
 
 Several single-threaded processes are also the way minires uses a multi-core CPU best: NumPy's
 memory-bound passes scale over processes but hardly over threads (``benchmarks/numpy_threads.py``).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-_USER_SETTINGS = ("MINIRES_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+_BLAS_SETTINGS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def available_cores() -> int:
@@ -29,17 +29,17 @@ def available_cores() -> int:
 def share_cores(local_ranks: int) -> int | None:
     """Limit this process to its share of the cores when ``local_ranks`` ranks share the machine.
 
-    Returns the threads per rank it set, or None when it left the settings alone (one local rank, or
-    a thread count the user set). Sets ``MINIRES_NUM_THREADS`` (the chunk pool) and BLAS's thread count
-    (through threadpoolctl, for the whole process: this process is one rank of a group).
+    Returns the threads per rank (None for a single local rank, where nothing changes). Sets
+    ``MINIRES_NUM_THREADS`` (the chunk pool) unless set, and BLAS's thread count through threadpoolctl
+    (for the whole process: this process is one rank of a group) unless a BLAS variable is set.
     """
-    if local_ranks <= 1 or any(os.environ.get(name, "").strip() for name in _USER_SETTINGS):
+    if local_ranks <= 1:
         return None
     per_rank = max(1, available_cores() // local_ranks)
-    os.environ["MINIRES_NUM_THREADS"] = str(per_rank)
-    try:
+    if not os.environ.get("MINIRES_NUM_THREADS", "").strip():
+        os.environ["MINIRES_NUM_THREADS"] = str(per_rank)
+    if not any(os.environ.get(name, "").strip() for name in _BLAS_SETTINGS):
         from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn, a dependency
-        return per_rank
-    threadpool_limits(limits=per_rank, user_api="blas")
+
+        threadpool_limits(limits=per_rank, user_api="blas")
     return per_rank

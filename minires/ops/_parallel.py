@@ -7,7 +7,14 @@ A chunk that calls BLAS must not start BLAS threads of its own on top of the poo
 limits BLAS to one thread for the whole call (once per call, not per chunk: entering the limit costs
 a few microseconds, but BLAS re-spinning its threads on every switch cost more than it saved).
 
-On one core the same chunks run one after another; on cupy the work is one call over the whole batch.
+On one core, for small work (under :data:`MIN_PARALLEL_BYTES`) and inside a chunk, the same chunks run one
+after another in the calling thread; on cupy the work is one call over the whole batch.
+
+What the pool can and cannot do: numpy gives the GIL back inside each call, but a thread must take it
+again between calls, and with calls of tens of microseconds that hand-over costs about as much as the
+call. Two threads running the same Winograd convolution on two halves of a batch do 1.35x the work of
+one; two *processes* do 2x (``benchmarks/numpy_threads.py``). So on a multi-core CPU, data-parallel ranks
+(``mpiexec -n <cores>``, one thread each; :mod:`minires.distributed.cores`) use the cores better than this pool.
 """
 
 from __future__ import annotations

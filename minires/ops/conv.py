@@ -310,16 +310,11 @@ def offset_blocks(gm: Any, wm: Any, n: int, window: Window2d) -> Any:
 
 def weight_grad_from(cols: list[Any], gmat: Any, weight_shape: tuple[int, ...]) -> Any:
     """dL/dweight (O, C/g, kH, kW) = (dout.T @ cols) per group, summed over the pixel rows in chunks."""
-    xp, groups = xp_of(gmat), len(cols)
-    og = weight_shape[0] // groups
-    gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
-    return weight_from_matrix(gw_t, weight_shape)
-
-
-def weight_from_matrix(gw_t: Any, weight_shape: tuple[int, ...]) -> Any:
-    """(kH*kW*C/g, O), rows in the columns' (offset, channel) order -> a weight-shaped (O, C/g, kH, kW) array."""
     o, cg, kh, kw = weight_shape
-    return xp_of(gw_t).ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
+    xp, groups = xp_of(gmat), len(cols)
+    og = o // groups
+    gw_t = xp.concatenate([_pixel_sum_matmul(cols[g], gmat[:, g * og : (g + 1) * og]) for g in range(groups)], axis=1)
+    return xp.ascontiguousarray(gw_t.reshape(kh, kw, cg, o).transpose(3, 2, 0, 1))
 
 
 def input_from_columns(cols: list[Any], x_shape: tuple[int, ...], window: Window2d) -> Any:
