@@ -3,8 +3,6 @@ property-based tests they define are called too), so the README cannot drift fro
 
 from __future__ import annotations
 
-import hashlib
-import linecache
 import os
 
 import numpy as np
@@ -42,12 +40,7 @@ def python_blocks(heading: str) -> list[str]:
 def run(code: str, tmp_path, monkeypatch) -> dict:
     monkeypatch.chdir(tmp_path)  # blocks that write files write them here
     namespace: dict = {"__name__": "readme"}
-    # The block under a name of its own whose lines linecache knows: tracebacks show the block's lines, and
-    # inspect.getsource (hypothesis hashes a test's source) finds the function instead of reading README.md
-    # prose as Python from the block's relative line number.
-    filename = f"<README.md block {hashlib.sha1(code.encode()).hexdigest()[:12]}>"
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, README, "exec"), namespace)  # noqa: S102 - our own README
     return namespace
 
 
