@@ -1,0 +1,102 @@
+"""Behaviour of minires.ops that a mutation run (docs/mutation_testing.md) found unguarded.
+
+Each test pins something a user meets -- an edge shape PyTorch accepts, an output that must not carry a
+gradient, the error a bad argument gets -- against an independent oracle: explicit NumPy/``math`` loops or
+float64 finite differences (``mr.gradcheck``), never the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import minires as mr
+import minires.nn.functional as F
+
+
+def _log_softmax_loop(z: np.ndarray) -> list[float]:
+    """log softmax of a 1-D vector with math.exp / math.log, shifted by the maximum."""
+    top = max(z)
+    lse = top + math.log(sum(math.exp(v - top) for v in z))
+    return [v - lse for v in z]
+
+
+# ----- shape ops on 0-d tensors ------------------------------------------------------------------
+
+def test_flatten_of_a_0d_tensor_is_one_element() -> None:
+    """torch.flatten(scalar) -> shape (1,); the gradient flows back to the 0-d input."""
+    x = mr.tensor(2.5, dtype=mr.float64, requires_grad=True)
+    y = mr.flatten(x)
+    assert y.shape == (1,)
+    np.testing.assert_array_equal(y.numpy(), [2.5])
+    (y * 3.0).sum().backward()
+    assert x.grad.shape == ()
+    assert float(x.grad.numpy()) == 3.0
+
+
+# ----- reductions --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [mr.amax, mr.amin])
+def test_amax_amin_over_a_nonempty_dim_of_an_empty_tensor(fn) -> None:
+    """Reducing a dim of size 3 of a (0, 3) tensor is fine (PyTorch gives shape (0,)); only reducing the
+    size-0 dim itself has no answer."""
+    x = mr.zeros(0, 3)
+    assert fn(x, dim=1).shape == (0,)
+    assert fn(x, dim=1, keepdim=True).shape == (0, 1)
+    with pytest.raises(ValueError, match="size 0"):
+        fn(x, dim=0)
+
+
+@pytest.mark.parametrize("which", ["max", "min"])
+def test_max_min_along_dim_indices_carry_no_gradient(which: str) -> None:
+    """(values, indices) = x.max(dim): indices are integers and never part of the graph; values' gradient
+    goes to the chosen element of each row (checked against a direct argmax)."""
+    a = np.array([[1.0, 5.0, 2.0], [7.0, -1.0, 3.0]])
+    x = mr.tensor(a, dtype=mr.float64, requires_grad=True)
+    values, indices = getattr(x, which)(dim=1)
+    assert not indices.requires_grad and indices.grad_fn is None
+    assert values.requires_grad
+    pick = a.argmax(axis=1) if which == "max" else a.argmin(axis=1)
+    np.testing.assert_array_equal(indices.numpy(), pick)
+    values.sum().backward()
+    expected = np.zeros_like(a)
+    expected[np.arange(2), pick] = 1.0
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+# ----- losses on one unbatched sample ------------------------------------------------------------
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_of_one_unbatched_sample(smoothing: float) -> None:
+    """PyTorch accepts logits (C,) with a 0-d target: loss = -(1-eps) logp[t] - eps/C sum_c logp[c]."""
+    z = np.array([0.3, -1.2, 2.0, 0.5])
+    logp = _log_softmax_loop(z)
+    expected = -(1 - smoothing) * logp[2] - smoothing / 4 * sum(logp)
+    x = mr.tensor(z, dtype=mr.float64, requires_grad=True)
+    t = mr.tensor(2)
+    loss = F.cross_entropy(x, t, label_smoothing=smoothing)
+    assert loss.shape == ()
+    assert float(loss.item()) == pytest.approx(expected, rel=1e-12)
+    assert mr.gradcheck(lambda v: F.cross_entropy(v, t, label_smoothing=smoothing), (x,))
+
+
+def test_nll_loss_of_one_unbatched_sample() -> None:
+    """nll_loss(log_probs (C,), target ()) = -w[t] log_probs[t]; its gradient is -w[t] at t, 0 elsewhere."""
+    lp = np.array([-0.5, -2.0, -1.1])
+    w = np.array([0.5, 2.0, 3.0])
+    x = mr.tensor(lp, dtype=mr.float64, requires_grad=True)
+    t = mr.tensor(1)
+    loss = F.nll_loss(x, t, weight=mr.tensor(w, dtype=mr.float64), reduction="sum")
+    assert float(loss.item()) == pytest.approx(-w[1] * lp[1], rel=1e-12)
+    loss.backward()
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, -2.0, 0.0])
+    assert mr.gradcheck(lambda v: F.nll_loss(v, t), (x,))
+
+
+# ----- indexing ----------------------------------------------------------------------------------
+
+def test_one_hot_refuses_negative_classes_naming_the_value() -> None:
+    with pytest.raises(ValueError, match="one_hot: class values must be non-negative, got -3"):
+        F.one_hot(mr.tensor([1, -3, 0]))
