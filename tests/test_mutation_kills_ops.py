@@ -8,6 +8,7 @@ float64 finite differences (``mr.gradcheck``), never the code under test.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -100,3 +101,46 @@ def test_nll_loss_of_one_unbatched_sample() -> None:
 def test_one_hot_refuses_negative_classes_naming_the_value() -> None:
     with pytest.raises(ValueError, match="one_hot: class values must be non-negative, got -3"):
         F.one_hot(mr.tensor([1, -3, 0]))
+
+
+# ----- kink conventions and keepdim in backward -------------------------------------------------
+
+def test_sqrt_gradient_at_zero_is_inf_without_a_warning() -> None:
+    """d sqrt(x)/dx = 1 / (2 sqrt(x)) is +inf at 0 (PyTorch's value); computing it must not warn."""
+    x = mr.tensor([0.0, 4.0], dtype=mr.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mr.sqrt(x).sum().backward()
+    assert np.isposinf(x.grad.numpy()[0])
+    assert x.grad.numpy()[1] == 0.25
+
+
+@pytest.mark.parametrize("name", ["var", "std"])
+@pytest.mark.parametrize("dim", [0, 1, (0, 2)])
+def test_var_std_with_keepdim_value_and_gradient(name: str, dim) -> None:
+    """keepdim=True keeps the reduced axes as size 1 in the value, and the gradient still has x's shape."""
+    a = np.random.default_rng(0).normal(size=(3, 4, 2))
+    x = mr.tensor(a, dtype=mr.float64, requires_grad=True)
+    y = getattr(x, name)(dim=dim, keepdim=True)
+    expected = getattr(np, name)(a, axis=dim, ddof=1, keepdims=True)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12)
+    assert mr.gradcheck(lambda v: getattr(v, name)(dim=dim, keepdim=True), (x,))
+
+
+# ----- the fused BatchNorm + add + ReLU ----------------------------------------------------------
+
+def test_batch_norm_add_relu_default_momentum_updates_running_stats_as_batch_norm() -> None:
+    """F.batch_norm_add_relu in training: relu(batch-normalised x + residual), and the running statistics
+    move by PyTorch's default momentum 0.1 (unbiased batch variance), as F.batch_norm's do."""
+    rng = np.random.default_rng(1)
+    a, r = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(4, 3, 2, 2))
+    mean0, var0 = rng.normal(size=3), rng.uniform(0.5, 2.0, size=3)
+    running_mean, running_var = mr.tensor(mean0.copy()), mr.tensor(var0.copy())
+    y = F.batch_norm_add_relu(mr.tensor(a), mr.tensor(r), running_mean, running_var, training=True)
+    mu, var_b = a.mean(axis=(0, 2, 3)), a.var(axis=(0, 2, 3))
+    expected = np.maximum((a - mu[None, :, None, None]) / np.sqrt(var_b[None, :, None, None] + 1e-5) + r, 0.0)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-6)
+    n = a.size // 3
+    np.testing.assert_allclose(running_mean.numpy(), 0.9 * mean0 + 0.1 * mu, rtol=1e-6)
+    np.testing.assert_allclose(running_var.numpy(), 0.9 * var0 + 0.1 * var_b * n / (n - 1), rtol=1e-6)
