@@ -128,3 +128,16 @@ def test_each_rank_augments_differently_and_reproducibly() -> None:
     assert r0 == _flips(0) and r1 == _flips(1)
     assert 0 < sum(r0) < 16 and 0 < sum(r1) < 16  # p=0.5 on 16 images: some of each
     assert r0 != r1
+
+
+def test_batch_indices_of_a_chosen_epoch_follow_the_sampler() -> None:
+    """``batch_indices(epoch)`` lists an epoch's batches without loading: under a sampler, the sampler's
+    order for that epoch (it is told the epoch), cut into batches."""
+    data = _numbered(10)
+    loader = DataLoader(data, batch_size=2, prefetch=0, sampler=dist.DistributedSampler(data, 2, 1, seed=7))
+    reference = dist.DistributedSampler(data, 2, 1, seed=7)
+    reference.set_epoch(3)
+    order = list(reference)
+    got = loader.batch_indices(epoch=3)
+    assert [b.tolist() for b in got] == [order[0:2], order[2:4], order[4:5]]
+    assert loader.epoch == 0  # listing does not advance the loader
