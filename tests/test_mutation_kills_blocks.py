@@ -1,0 +1,72 @@
+"""Residual-block behaviour a mutation run (docs/mutation_testing.md) found unguarded: a pre-activation
+block's ``shortcut`` run on its own (identity, and a projection of ``relu(bn1(x))`` with the norm layer's
+own eps that leaves the running statistics alone), ``zero_init_last`` of the pre-activation bottleneck,
+the arguments PreActBasicBlock refuses, and how an option-A shortcut prints.
+
+Oracles: the NumPy convolution of tests/numpy_blocks.py and batch norm written out here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy_blocks as ref
+import pytest
+
+import minires as mr
+import minires.nn as nn
+from minires.models.blocks import OptionAShortcut, PreActBasicBlock, PreActBottleneck, conv1x1
+
+
+def test_preact_identity_shortcut_is_x_itself() -> None:
+    block = PreActBasicBlock(4, 4).double()
+    x = mr.tensor(np.random.default_rng(0).standard_normal((2, 4, 5, 5)))
+    np.testing.assert_array_equal(block.shortcut(x).numpy(), x.numpy())
+
+
+def test_preact_projection_shortcut_on_its_own_uses_the_norms_eps_and_keeps_running_stats() -> None:
+    """In training, ``shortcut(x)`` is conv1x1(relu(bn1(x))) with bn1's batch statistics and bn1's own eps
+    (0.5 here, so using the default 1e-5 would show); it must not move bn1's running statistics."""
+    eps = 0.5
+    block = PreActBasicBlock(3, 6, 2, nn.Sequential(conv1x1(3, 6, 2)), norm_layer=lambda c: nn.BatchNorm2d(c, eps=eps))
+    block = block.double().train()
+    rng = np.random.default_rng(1)
+    gamma, beta = rng.uniform(0.5, 1.5, 3), rng.standard_normal(3)
+    block.bn1.weight.data[...] = gamma
+    block.bn1.bias.data[...] = beta
+    w = block.downsample[0].weight.numpy().copy()
+    x = rng.standard_normal((4, 3, 6, 6))
+    with mr.no_grad():
+        got = block.shortcut(mr.tensor(x)).numpy()
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    s = (1, -1, 1, 1)
+    pre = np.maximum(gamma.reshape(s) * (x - mean.reshape(s)) / np.sqrt(var.reshape(s) + eps) + beta.reshape(s), 0.0)
+    np.testing.assert_allclose(got, ref.conv2d(pre, w, stride=2), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(block.bn1.running_mean.numpy(), np.zeros(3))
+    np.testing.assert_array_equal(block.bn1.running_var.numpy(), np.ones(3))
+    assert int(block.bn1.num_batches_tracked.numpy()) == 0
+
+
+@pytest.mark.parametrize("make", [lambda: PreActBottleneck(16, 4), lambda: PreActBasicBlock(4, 4)])
+def test_preact_zero_init_last_makes_the_block_the_identity(make) -> None:
+    """No BatchNorm follows a pre-activation block's last conv, so zeroing that conv's weight makes F(x) = 0
+    and the block returns x exactly (in training and in eval)."""
+    block = make().double()
+    block.zero_init_last()
+    channels = 16 if isinstance(block, PreActBottleneck) else 4
+    x = mr.tensor(np.random.default_rng(2).standard_normal((2, channels, 4, 4)))
+    for train in (True, False):
+        block.train(train)
+        with mr.no_grad():
+            np.testing.assert_array_equal(block(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("kwargs", [{"groups": 2}, {"base_width": 128}])
+def test_preact_basic_block_refuses_groups_and_width(kwargs) -> None:
+    """As torchvision's BasicBlock: grouped or widened 3x3 pairs are a Bottleneck feature."""
+    with pytest.raises(ValueError, match="only groups=1 and base_width=64"):
+        PreActBasicBlock(4, 4, **kwargs)
+
+
+def test_option_a_shortcut_prints_its_configuration() -> None:
+    assert repr(OptionAShortcut(16, 32)) == "OptionAShortcut(16, 32, stride=2)"
+    assert repr(OptionAShortcut(16, 32, 2, padding="split")) == "OptionAShortcut(16, 32, stride=2, padding='split')"
