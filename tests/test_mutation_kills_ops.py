@@ -144,3 +144,19 @@ def test_batch_norm_add_relu_default_momentum_updates_running_stats_as_batch_nor
     n = a.size // 3
     np.testing.assert_allclose(running_mean.numpy(), 0.9 * mean0 + 0.1 * mu, rtol=1e-6)
     np.testing.assert_allclose(running_var.numpy(), 0.9 * var0 + 0.1 * var_b * n / (n - 1), rtol=1e-6)
+
+
+# ----- indexing: basic indices give views, advanced ones copies -------------------------------------
+
+def test_basic_indexing_gives_views_and_advanced_indexing_copies() -> None:
+    """As NumPy and PyTorch: ints, slices, None and ... index a view (an in-place change of the base shows
+    through it); a list of indices gathers a copy (it does not)."""
+    base = np.arange(6.0).reshape(2, 3)
+    t = mr.tensor(base.copy())
+    row, cols, expanded = t[0], t[:, 1:], t[..., None, 1]
+    gathered = t[[0, 1]]
+    t.add_(10.0)
+    np.testing.assert_array_equal(row.numpy(), base[0] + 10)
+    np.testing.assert_array_equal(cols.numpy(), base[:, 1:] + 10)
+    np.testing.assert_array_equal(expanded.numpy(), base[..., None, 1] + 10)
+    np.testing.assert_array_equal(gathered.numpy(), base)
