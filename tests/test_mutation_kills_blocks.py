@@ -70,3 +70,38 @@ def test_preact_basic_block_refuses_groups_and_width(kwargs) -> None:
 def test_option_a_shortcut_prints_its_configuration() -> None:
     assert repr(OptionAShortcut(16, 32)) == "OptionAShortcut(16, 32, stride=2)"
     assert repr(OptionAShortcut(16, 32, 2, padding="split")) == "OptionAShortcut(16, 32, stride=2, padding='split')"
+
+
+def test_option_a_default_stride_halves_the_grid() -> None:
+    x = np.random.default_rng(3).standard_normal((2, 4, 5, 5))
+    got = OptionAShortcut(4, 8)(mr.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, ref.option_a(x, 8, 2))
+
+
+def test_preact_blocks_keep_their_stride_as_torchvision_blocks_do() -> None:
+    assert PreActBasicBlock(4, 8, 2, plain=True).stride == 2
+    assert PreActBottleneck(8, 4, 2, plain=True).stride == 2
+
+
+@pytest.mark.parametrize(
+    "planes,groups,base_width,width",
+    [(64, 1, 64, 64), (4, 1, 128, 8), (4, 2, 64, 8), (8, 4, 32, 16)],
+)
+def test_preact_bottleneck_inner_width_follows_torchvision(planes, groups, base_width, width) -> None:
+    """Inner width = int(planes * base_width / 64) * groups (wide ResNets, ResNeXt); the 3x3 conv is grouped."""
+    block = PreActBottleneck(16, planes, groups=groups, base_width=base_width)
+    assert tuple(block.conv1.weight.shape) == (width, 16, 1, 1)
+    assert tuple(block.conv2.weight.shape) == (width, width // groups, 3, 3)
+    assert tuple(block.conv3.weight.shape) == (planes * 4, width, 1, 1)
+    assert tuple(block.bn2.weight.shape) == (width,) and tuple(block.bn3.weight.shape) == (width,)
+
+
+def test_plain_preact_bottleneck_has_no_skip() -> None:
+    """plain=True: the block is its residual function alone, x is not added back (NumPy reference)."""
+    block = PreActBottleneck(16, 4, plain=True).double().eval()
+    assert block.add is None and block.downsample is None
+    params = {k: v.numpy().copy() for k, v in block.state_dict().items()}
+    x = np.random.default_rng(4).standard_normal((2, 16, 4, 4))
+    with mr.no_grad():
+        got = block(mr.tensor(x)).numpy()
+    np.testing.assert_allclose(got, ref.preact_bottleneck(x, params, 1, None, False), rtol=1e-10, atol=1e-12)
