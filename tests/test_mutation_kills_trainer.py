@@ -1,0 +1,62 @@
+"""Trainer behaviour a mutation run (docs/mutation_testing.md) found unguarded: the epoch record of a run
+resumed mid-epoch (not only its weights) equals the uninterrupted run's, and the progress bar appears, with
+its loss / accuracy / speed read-out, exactly when ``progress`` is on.
+
+Small runs: ResNet-20 on 128 (or 64) digits, batches of 32, one or two epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from minires.training import TrainConfig, Trainer, load_checkpoint
+
+
+def _config(out: str, **overrides: object) -> TrainConfig:
+    base = dict(
+        dataset="digits", model="resnet20", epochs=2, batch_size=32, train_subset=128, lr=0.05,
+        warmup_epochs=0.5, out=out, progress=False, prefetch=1, seed=3,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stopped(tmp_path, monkeypatch) -> None:
+    """Ctrl-C after the 2nd of epoch 2's 4 batches, then --resume: the epoch's training loss and accuracy sum
+    the batches from before and after the interruption, so they equal the straight run's (bit for bit, as the
+    weights do); its time includes the part before the interruption."""
+    straight = Trainer(_config(str(tmp_path / "a"))).fit()
+
+    interrupted = Trainer(_config(str(tmp_path / "b")))
+    original_step, calls = interrupted.optimizer.step, {"n": 0}
+
+    def step_then_ctrl_c() -> None:
+        original_step()
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(interrupted.optimizer, "step", step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    partial = load_checkpoint(tmp_path / "b" / "checkpoint.npz")["partial"]
+    assert partial["batches"] == 2 and partial["seen"] == 64 and partial["seconds"] > 0
+
+    resumed = Trainer(_config(str(tmp_path / "b"))).fit(resume=str(tmp_path / "b" / "checkpoint.npz"))
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+        assert resumed[1][key] == straight[1][key], key
+    assert resumed[1]["seconds"] > partial["seconds"]
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_the_progress_bar_shows_exactly_when_asked(tmp_path, capsys, progress: bool) -> None:
+    Trainer(_config(str(tmp_path / "run"), epochs=1, train_subset=64, progress=progress)).fit()
+    err = capsys.readouterr().err
+    if progress:
+        assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err
+    else:
+        assert "epoch 1/1" not in err and "loss=" not in err
