@@ -14,7 +14,7 @@ import pytest
 
 import minires as mr
 import minires.nn as nn
-from minires.models.blocks import OptionAShortcut, PreActBasicBlock, PreActBottleneck, conv1x1
+from minires.models.blocks import BasicBlock, Bottleneck, OptionAShortcut, PreActBasicBlock, PreActBottleneck, conv1x1
 
 
 def test_preact_identity_shortcut_is_x_itself() -> None:
@@ -78,22 +78,25 @@ def test_option_a_default_stride_halves_the_grid() -> None:
     np.testing.assert_array_equal(got, ref.option_a(x, 8, 2))
 
 
-def test_preact_blocks_keep_their_stride_as_torchvision_blocks_do() -> None:
-    assert PreActBasicBlock(4, 8, 2, plain=True).stride == 2
-    assert PreActBottleneck(8, 4, 2, plain=True).stride == 2
+@pytest.mark.parametrize("kind", [BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck])
+def test_blocks_keep_their_stride_as_torchvision_blocks_do(kind) -> None:
+    assert kind(8, 8, 2, plain=True).stride == 2
 
 
+@pytest.mark.parametrize("kind", [Bottleneck, PreActBottleneck])
 @pytest.mark.parametrize(
     "planes,groups,base_width,width",
     [(64, 1, 64, 64), (4, 1, 128, 8), (4, 2, 64, 8), (8, 4, 32, 16)],
 )
-def test_preact_bottleneck_inner_width_follows_torchvision(planes, groups, base_width, width) -> None:
+def test_bottleneck_inner_width_follows_torchvision(kind, planes, groups, base_width, width) -> None:
     """Inner width = int(planes * base_width / 64) * groups (wide ResNets, ResNeXt); the 3x3 conv is grouped."""
-    block = PreActBottleneck(16, planes, groups=groups, base_width=base_width)
+    block = kind(16, planes, groups=groups, base_width=base_width)
     assert tuple(block.conv1.weight.shape) == (width, 16, 1, 1)
     assert tuple(block.conv2.weight.shape) == (width, width // groups, 3, 3)
     assert tuple(block.conv3.weight.shape) == (planes * 4, width, 1, 1)
-    assert tuple(block.bn2.weight.shape) == (width,) and tuple(block.bn3.weight.shape) == (width,)
+    assert tuple(block.bn2.weight.shape) == (width,)
+    # bn3 follows conv3 in the post-activation block, precedes it in the pre-activation one
+    assert tuple(block.bn3.weight.shape) == ((planes * 4,) if kind is Bottleneck else (width,))
 
 
 def test_plain_preact_bottleneck_has_no_skip() -> None:
@@ -105,3 +108,32 @@ def test_plain_preact_bottleneck_has_no_skip() -> None:
     with mr.no_grad():
         got = block(mr.tensor(x)).numpy()
     np.testing.assert_allclose(got, ref.preact_bottleneck(x, params, 1, None, False), rtol=1e-10, atol=1e-12)
+
+
+def _grouped_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int, groups: int) -> np.ndarray:
+    """A grouped convolution from the reference one: group g maps input channels g*C/G.. to outputs g*O/G.."""
+    ci, co = x.shape[1] // groups, w.shape[0] // groups
+    return np.concatenate(
+        [ref.conv2d(x[:, g * ci : (g + 1) * ci], w[g * co : (g + 1) * co], stride, padding) for g in range(groups)], axis=1
+    )
+
+
+def test_grouped_wide_bottleneck_matches_a_numpy_reference() -> None:
+    """A ResNeXt-style block (groups=4, base_width=32: inner width 16) in eval mode, written out in NumPy:
+    relu(bn3(conv3(relu(bn2(gconv2(relu(bn1(conv1(x)))))))) + x)."""
+    block = Bottleneck(32, 8, groups=4, base_width=32).double().eval()
+    rng = np.random.default_rng(5)
+    p = {}
+    for key, value in block.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        shape = tuple(value.shape)
+        p[key] = rng.uniform(0.5, 1.5, shape) if key.endswith("running_var") else rng.standard_normal(shape) * 0.3
+        value.data[...] = p[key]
+    x = rng.standard_normal((2, 32, 5, 5))
+    f = ref.relu(ref.batchnorm(ref.conv2d(x, p["conv1.weight"]), p, "bn1", False))
+    f = ref.relu(ref.batchnorm(_grouped_conv(f, p["conv2.weight"], 1, 1, 4), p, "bn2", False))
+    expected = ref.relu(ref.batchnorm(ref.conv2d(f, p["conv3.weight"]), p, "bn3", False) + x)
+    with mr.no_grad():
+        got = block(mr.tensor(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
