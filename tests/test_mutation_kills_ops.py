@@ -155,7 +155,11 @@ def test_basic_indexing_gives_views_and_advanced_indexing_copies() -> None:
     t = mr.tensor(base.copy())
     row, cols, expanded = t[0], t[:, 1:], t[..., None, 1]
     gathered = t[[0, 1]]
+    line = mr.tensor([1.0, 2.0, 3.0])
+    element = line[1]  # a 0-d view, as PyTorch's (numpy alone would hand back a scalar copy)
     t.add_(10.0)
+    line.add_(10.0)
+    assert element.shape == () and float(element.item()) == 12.0
     np.testing.assert_array_equal(row.numpy(), base[0] + 10)
     np.testing.assert_array_equal(cols.numpy(), base[:, 1:] + 10)
     np.testing.assert_array_equal(expanded.numpy(), base[..., None, 1] + 10)
