@@ -164,3 +164,20 @@ def test_basic_indexing_gives_views_and_advanced_indexing_copies() -> None:
     np.testing.assert_array_equal(cols.numpy(), base[:, 1:] + 10)
     np.testing.assert_array_equal(expanded.numpy(), base[..., None, 1] + 10)
     np.testing.assert_array_equal(gathered.numpy(), base)
+
+
+# ----- type promotion with 0-d tensors -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["float", "int"])
+def test_a_0d_tensor_does_not_widen_a_tensor_with_dims_of_its_category(kind: str) -> None:
+    """PyTorch's rule, on either side of the operator: float32 (3,) + 0-d float64 stays float32 and
+    int32 (3,) + 0-d int64 stays int32 (NumPy would widen both); the values are the plain sums."""
+    if kind == "float":
+        a, b, dtype = mr.tensor([1.0, 2.0, 3.0]), mr.tensor(0.5, dtype=mr.float64), np.float32
+    else:
+        a, b, dtype = mr.tensor([1, 2, 3], dtype=mr.int32), mr.tensor(4, dtype=mr.int64), np.int32
+    expected = a.numpy() + b.numpy()
+    for y in (a + b, b + a, a * b - b):
+        assert y.dtype == dtype and y.shape == (3,)
+    np.testing.assert_array_equal((a + b).numpy(), expected.astype(dtype))
+    np.testing.assert_array_equal((b + a).numpy(), expected.astype(dtype))
