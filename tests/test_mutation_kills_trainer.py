@@ -1,6 +1,6 @@
 """Trainer behaviour a mutation run (docs/mutation_testing.md) found unguarded: the epoch record of a run
 resumed mid-epoch (not only its weights) equals the uninterrupted run's, and the progress bar appears, with
-its loss / accuracy / speed read-out, exactly when ``progress`` is on.
+its loss / accuracy / speed read-out, exactly when ``progress`` is on; each epoch prints its record.
 
 Small runs: ResNet-20 on 128 (or 64) digits, batches of 32, one or two epochs.
 """
@@ -53,9 +53,11 @@ def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stoppe
 
 
 @pytest.mark.parametrize("progress", [True, False])
-def test_the_progress_bar_shows_exactly_when_asked(tmp_path, capsys, progress: bool) -> None:
-    Trainer(_config(str(tmp_path / "run"), epochs=1, train_subset=64, progress=progress)).fit()
-    err = capsys.readouterr().err
+def test_the_progress_bar_shows_exactly_when_asked_and_each_epoch_prints_its_record(tmp_path, capsys, progress: bool) -> None:
+    (r,) = Trainer(_config(str(tmp_path / "run"), epochs=1, train_subset=64, progress=progress)).fit()
+    out, err = capsys.readouterr()
+    assert (f"epoch   1/1  lr {r['lr']:.4f}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
+            f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%") in out
     if progress:
         assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err
     else:
