@@ -62,3 +62,17 @@ def test_the_progress_bar_shows_exactly_when_asked_and_each_epoch_prints_its_rec
         assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err
     else:
         assert "epoch 1/1" not in err and "loss=" not in err
+
+
+@pytest.mark.parametrize("preact,plain", [(True, False), (False, True), (False, False)])
+def test_the_model_flags_reach_the_model(tmp_path, preact: bool, plain: bool) -> None:
+    """--preact builds pre-activation blocks (with the final BN + ReLU), --plain blocks without the skip: a
+    learning run alone cannot tell, since every variant learns the digits."""
+    from minires.models.blocks import PreActBasicBlock
+
+    model = Trainer(_config(str(tmp_path / "run"), preact=preact, plain=plain)).model
+    blocks = [m for m in model.modules() if hasattr(m, "plain") and hasattr(m, "branch")]
+    assert len(blocks) == 9  # ResNet-20: three stages of three blocks
+    assert all(isinstance(b, PreActBasicBlock) == preact for b in blocks)
+    assert all((b.add is None) == plain for b in blocks)
+    assert any(key.startswith("final_bn.") for key in model.state_dict()) == preact
