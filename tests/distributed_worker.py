@@ -184,8 +184,20 @@ def fail(out: str) -> None:
     save(out, reached=np.array(True))  # never: the abort ends rank 0 inside the all-reduce
 
 
+def threads(out: str) -> None:
+    """What init() left this rank to compute with: pool threads, BLAS threads, ranks on this machine."""
+    from threadpoolctl import threadpool_info
+
+    from minires.ops import _parallel
+
+    dist.init()
+    blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    save(out, pool=np.array(_parallel.threads()), blas=np.array(blas), local_size=np.array(dist.world().local_size),
+         cores=np.array(len(os.sched_getaffinity(0))))
+
+
 if __name__ == "__main__":
     scenario, out_dir, *rest = sys.argv[1:]
     {"collectives": collectives, "syncbn_grad": syncbn_grad, "train": train, "fail": fail,
      "forgotten_sync": forgotten_sync, "evaluate_sharded": evaluate_sharded,
-     "device_arrays": device_arrays, "nccl_smoke": nccl_smoke}[scenario](out_dir, *rest)
+     "device_arrays": device_arrays, "nccl_smoke": nccl_smoke, "threads": threads}[scenario](out_dir, *rest)

@@ -278,3 +278,19 @@ def test_matches_torch(cfg, seed):
     np.testing.assert_allclose(my.numpy(), ty.detach().numpy(), atol=1e-10)
     for m, t in zip(ms, ts):
         np.testing.assert_allclose(m.grad.numpy(), t.grad.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("channels, groups, stride, dilation", [(64, 1, 2, 1), (64, 1, 1, 2), (128, 2, 2, 2), (16, 1, 2, 1)])
+def test_input_gradient_is_the_adjoint_of_the_convolution(channels, groups, stride, dilation):
+    """<conv(z), g> == <z, dL/dx> for any z (conv is linear in x): an oracle that needs no loops, used
+    here for the wide layers (64+ channels per group) whose input gradient takes the one-GEMM fold."""
+    rng = np.random.default_rng(channels + stride)
+    x, w = rng.standard_normal((2, channels, 7, 6)), rng.standard_normal((8, channels // groups, 3, 3))
+    kwargs = {"stride": stride, "padding": 1, "dilation": dilation, "groups": groups}
+    xt = mr.tensor(x, requires_grad=True)
+    y = conv2d(xt, mr.tensor(w), **kwargs)
+    g = rng.standard_normal(y.shape)
+    y.backward(mr.tensor(g))
+    z = rng.standard_normal(x.shape)
+    lhs = float(np.vdot(conv2d(mr.tensor(z), mr.tensor(w), **kwargs).numpy(), g))
+    assert lhs == pytest.approx(float(np.vdot(z, xt.grad.numpy())), rel=1e-12)

@@ -41,12 +41,21 @@ MPIEXEC = _mpiexec()
 pytestmark = pytest.mark.skipif(MPIEXEC is None and not REQUIRED, reason='needs mpi4py and mpiexec: pip install ".[dist]"')
 
 
-def launch(args: list[str], ranks: int | None = 2, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` as ``ranks`` MPI processes (None: one plain process); kill the whole group on timeout."""
+THREAD_SETTINGS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MINIRES_NUM_THREADS")
+
+
+def launch(
+    args: list[str], ranks: int | None = 2, timeout: float = TIMEOUT_S, one_thread: bool = True
+) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` as ``ranks`` MPI processes (None: one plain process); kill the whole group on timeout.
+
+    ``one_thread``: one BLAS thread per rank (the default here); False leaves the thread settings unset."""
     if MPIEXEC is None:
         pytest.fail('MINIRES_REQUIRE_MPI=1 but mpi4py/mpiexec are missing: pip install ".[dist]"')
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_SETTINGS}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    if one_thread:
+        env.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     command = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + [sys.executable, *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)  # fmt: skip
@@ -59,9 +68,9 @@ def launch(args: list[str], ranks: int | None = 2, timeout: float = TIMEOUT_S) -
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def worker(scenario: str, out: Path, *extra: str, ranks: int | None = 2) -> list[dict[str, np.ndarray]]:
+def worker(scenario: str, out: Path, *extra: str, ranks: int | None = 2, one_thread: bool = True) -> list[dict[str, np.ndarray]]:
     out.mkdir(parents=True, exist_ok=True)
-    result = launch([WORKER, scenario, str(out), *extra], ranks)
+    result = launch([WORKER, scenario, str(out), *extra], ranks, one_thread=one_thread)
     assert result.returncode == 0, result.stderr[-3000:]
     return [dict(np.load(out / f"rank{r}.npz")) for r in range(ranks or 1)]
 
@@ -228,3 +237,21 @@ def test_no_sync_bn_and_resume_with_another_number_of_processes_is_refused(tmp_p
     assert "BatchNorm statistics per process" in first.stdout
     result = launch(["-m", "minires.train", "--resume", str(tmp_path / "run" / "checkpoint.npz")], ranks=None)
     assert result.returncode == 2 and "was trained by 2 process(es)" in result.stderr
+
+
+def test_ranks_on_one_machine_share_its_cores(tmp_path):
+    """Without thread settings, init() gives each of the 2 local ranks half the cores (at least one) for
+    both the chunk pool and BLAS, instead of every rank starting a thread per core."""
+    ranks = worker("threads", tmp_path / "shared", one_thread=False)
+    for r in ranks:
+        assert int(r["local_size"]) == 2
+        share = max(1, int(r["cores"]) // 2)
+        assert int(r["pool"]) == share
+        assert [int(b) for b in r["blas"]] == [share] * len(r["blas"]) and len(r["blas"]) >= 1
+
+
+def test_thread_settings_of_the_user_are_kept(tmp_path):
+    ranks = worker("threads", tmp_path / "user")  # OMP/OPENBLAS_NUM_THREADS=1 given: BLAS stays at 1
+    for r in ranks:
+        assert int(r["pool"]) == max(1, int(r["cores"]) // 2)  # the pool still gets its share
+        assert [int(b) for b in r["blas"]] == [1] * len(r["blas"])

@@ -12,16 +12,19 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def python_blocks(heading: str) -> list[str]:
-    """The ```python blocks of the README section that starts with ``heading`` (up to the next heading)."""
+    """The ```python blocks of the README section that starts with ``heading`` (up to the next heading).
+
+    Each block comes after as many empty lines as precede it in README.md, so that line n of the compiled
+    code is line n of the file: tracebacks, and hypothesis reading a test's source, then see the real lines."""
     with open(README, encoding="utf-8") as f:
         lines = f.read().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(heading))
     blocks, current, fence = [], None, False
-    for line in lines[start + 1 :]:
+    for number, line in enumerate(lines[start + 1 :], start + 1):
         if line.startswith("```"):
             fence = not fence
             if fence and line.strip() == "```python":
-                current = []
+                current = [""] * (number + 1)  # the block's first line is line number + 2 of the file (1-based)
             elif not fence and current is not None:
                 blocks.append("\n".join(current) + "\n")
                 current = None

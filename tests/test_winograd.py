@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -100,6 +101,17 @@ def test_winograd_gradcheck(device, case, seed):
         assert mr.gradcheck(lambda a, kk, bb: conv2d(a, kk, bb, padding=padding), inputs)
 
 
+@settings(FIXTURE_OK, max_examples=8)
+@given(case=winograd_cases(max_size=5, max_channels=2, symmetric=True), seed=st.integers(0, 2**16))
+def test_winograd_gradgradcheck(case, seed):
+    """Second derivatives through the Winograd path (it keeps x, not columns) against finite differences."""
+    x, k, b, _ = _draw_arrays(case, np.float64, seed)
+    inputs = [mr.tensor(a, requires_grad=True) for a in (x, k, b)]
+    padding = (case[5][0], case[5][2])
+    with backends.use_conv_algorithm("winograd"):
+        assert mr.gradgradcheck(lambda a, kk, bb: conv2d(a, kk, bb, padding=padding), inputs)
+
+
 @settings(max_examples=20, deadline=None)
 @given(c=st.integers(1, 4), o=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_weight_transform_adjoint_is_its_transpose(c, o, seed):
@@ -123,15 +135,51 @@ def test_auto_rule_picks_winograd_only_where_it_applies():
     choose = backends.choose_conv_algorithm
     f32 = np.dtype(np.float32)
     s1 = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    assert choose(np, f32, *s1) == "winograd"
-    assert choose(np, np.dtype(np.float64), *s1) == "winograd"
-    assert choose(np, np.dtype(np.float16), *s1) == "im2col"
-    assert choose(np, f32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1) == "im2col"  # stride 2
-    assert choose(np, f32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1) == "im2col"  # 1x1
-    assert choose(np, f32, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1) == "im2col"  # dilated
-    assert choose(np, f32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2) == "im2col"  # grouped
-    assert choose(np, f32, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 1) == "im2col"  # padding 3
-    assert choose(object(), f32, *s1) == "im2col"  # not numpy (cupy): its kernels stay
+    big = (16, (32, 32))  # 16 input channels, 32x32 outputs: a CIFAR ResNet's first stage
+    assert choose(np, f32, *s1, *big) == "winograd"
+    assert choose(np, np.dtype(np.float64), *s1, *big) == "winograd"
+    assert choose(np, np.dtype(np.float16), *s1, *big) == "im2col"
+    assert choose(np, f32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, *big) == "im2col"  # stride 2
+    assert choose(np, f32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, *big) == "im2col"  # 1x1
+    assert choose(np, f32, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, *big) == "im2col"  # dilated
+    assert choose(np, f32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, *big) == "im2col"  # grouped
+    assert choose(np, f32, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 1, *big) == "im2col"  # padding 3
+    assert choose(object(), f32, *s1, *big) == "im2col"  # not numpy (cupy): its kernels stay
+
+
+@pytest.mark.parametrize(
+    "channels, size, expected",
+    [
+        (3, 32, "im2col"),  # an RGB stem: K = 3 GEMMs
+        (7, 32, "im2col"),  # just under WINOGRAD_MIN_CHANNELS
+        (8, 32, "winograd"),
+        (16, 32, "winograd"),  # ResNet-20's first stage
+        (32, 16, "winograd"),
+        (64, 8, "winograd"),  # ResNet-20's last stage
+        (16, 8, "im2col"),  # 8 * 8 * 16 = 1024 < WINOGRAD_MIN_WORK: the digits net's first stage
+        (32, 8, "winograd"),  # 8 * 8 * 32 = 2048, just at the threshold
+        (512, 4, "im2col"),  # ResNet-18's last stage: 4x4 maps
+        (64, 2, "im2col"),
+    ],
+)
+def test_auto_rule_by_layer_size(channels, size, expected):
+    s1 = ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert backends.choose_conv_algorithm(np, np.dtype(np.float32), *s1, channels, (size, size)) == expected
+    with backends.use_conv_algorithm("winograd"):  # forcing ignores the size rule
+        assert backends.choose_conv_algorithm(np, np.dtype(np.float32), *s1, channels, (size, size)) == "winograd"
+
+
+def test_auto_runs_the_chosen_algorithm(monkeypatch):
+    """conv2d asks the rule with the layer's real channels and output size, and runs what it answers."""
+    calls = []
+    real = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    conv2d(mr.randn(2, 16, 8, 8), mr.randn(16, 16, 3, 3), padding=1)  # 8*8*16 < 2048: im2col
+    assert calls == []
+    conv2d(mr.randn(2, 32, 8, 8), mr.randn(4, 32, 3, 3), padding=1)
+    assert calls == [(2, 32, 8, 8)]
+    conv2d(mr.randn(2, 32, 9, 9), mr.randn(4, 32, 3, 3), padding=0)  # 7x7 outputs: im2col
+    assert calls == [(2, 32, 8, 8)]
 
 
 def test_forcing_either_algorithm(monkeypatch):
@@ -184,9 +232,42 @@ def test_chunked_kernels_match_one_chunk(monkeypatch):
     rng = np.random.default_rng(0)
     x, k, g = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal((7, 4, 6, 6))
     monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1)  # one sample per chunk
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)  # on the pool, however small
     monkeypatch.setattr(_parallel, "threads", lambda: 2)
     chunked = [winograd.conv3x3(x, winograd.weight_transform(k), (1, 1, 1, 1)), winograd.conv3x3_weight_grad(x, g, (1, 1, 1, 1))]
     monkeypatch.setattr(_parallel, "threads", lambda: 1)
     whole = [winograd.conv3x3(x, winograd.weight_transform(k), (1, 1, 1, 1)), winograd.conv3x3_weight_grad(x, g, (1, 1, 1, 1))]
     for a, b in zip(chunked, whole):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_nested_over_batch_runs_in_the_calling_worker(monkeypatch):
+    """A chunk that itself calls over_batch runs the inner chunks in its own thread instead of waiting
+    on the busy pool (which could deadlock), and every result comes back in order."""
+    from minires.ops import _parallel
+
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+
+    def outer(a: int, b: int) -> list[tuple[int, int]]:
+        return _parallel.over_batch(np, 6, 1, lambda c, d: (a + c, a + d), 1)
+
+    results: list = []
+    runner = threading.Thread(target=lambda: results.append(_parallel.over_batch(np, 8, 1, outer, 1)), daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "nested over_batch did not finish: the pool waited on itself"
+    assert results == [[[(a + c, a + c + 1) for c in range(6)] for a in range(8)]]
+
+
+def test_small_work_stays_in_the_calling_thread(monkeypatch):
+    """Under MIN_PARALLEL_BYTES of work the chunks run in the caller's thread (no pool hand-off);
+    above it they run on the pool's threads."""
+    from minires.ops import _parallel
+
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    where = lambda a, b: threading.current_thread().name  # noqa: E731
+    small = _parallel.over_batch(np, 4, 1, where, 1)
+    assert small == [threading.current_thread().name] * 4
+    big = _parallel.over_batch(np, 4, _parallel.MIN_PARALLEL_BYTES, where, 1)
+    assert len(big) == 4 and all(name.startswith("minires") for name in big)

@@ -6,9 +6,10 @@
 - ``"mpi"`` under ``mpiexec`` for CPU training (mpi4py, ``pip install "minires[dist]"``),
 - ``"nccl"`` under ``mpiexec`` for ``device="cuda"`` (NCCL through CuPy, started over MPI).
 
-With more than one process, :func:`init` also installs an exception hook: an uncaught exception on one
-rank prints that rank's traceback and aborts the whole group (``MPI_Abort``), so the other ranks never
-wait forever in a collective the failed rank will not reach.
+Under ``"mpi"``, the ranks sharing a machine split its cores between them
+(:func:`minires.distributed.cores.share_cores`). With more than one process, :func:`init` also installs
+an exception hook: an uncaught exception on one rank prints that rank's traceback and aborts the whole
+group (``MPI_Abort``), so the other ranks never wait forever in a collective the failed rank will not reach.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from minires.backend import parse_device
 from minires.distributed.comm import Communicator, SingleCommunicator
+from minires.distributed.cores import share_cores
 from minires.distributed.launch import launched_by_mpi, launched_world_size
 
 BACKENDS = ("auto", "single", "mpi", "nccl")
@@ -69,6 +71,8 @@ def init(backend: str = "auto", device: Any = "cpu", abort_on_error: bool = True
         _world = SingleCommunicator()
     else:
         _world = _mpi_communicator(backend)
+        if _world.name == "mpi":  # CPU ranks: each gets its share of the cores (see minires.distributed.cores)
+            share_cores(_world.local_size)
     if abort_on_error and _world.size > 1:
         sys.excepthook = _abort_on_uncaught
     return _world

@@ -7,13 +7,21 @@ A chunk that calls BLAS must not start BLAS threads of its own on top of the poo
 limits BLAS to one thread for the whole call (once per call, not per chunk: entering the limit costs
 a few microseconds, but BLAS re-spinning its threads on every switch cost more than it saved).
 
-On one core the same chunks run one after another; on cupy the work is one call over the whole batch.
+On one core, for small work (under :data:`MIN_PARALLEL_BYTES`) and inside a chunk, the same chunks run one
+after another in the calling thread; on cupy the work is one call over the whole batch.
+
+What the pool can and cannot do: numpy gives the GIL back inside each call, but a thread must take it
+again between calls, and with calls of tens of microseconds that hand-over costs about as much as the
+call. Two threads running the same Winograd convolution on two halves of a batch do 1.35x the work of
+one; two *processes* do 2x (``benchmarks/numpy_threads.py``). So on a multi-core CPU, data-parallel ranks
+(``mpiexec -n <cores>``, one thread each; :mod:`minires.distributed.cores`) use the cores better than this pool.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
@@ -21,6 +29,7 @@ import numpy as np
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
 _blas: Any = None  # threadpoolctl's controller, built once (listing the BLAS libraries takes ~0.5 ms)
+_worker = threading.local()  # .busy is True in a pool thread while it runs a chunk
 
 
 def threads() -> int:
@@ -54,6 +63,13 @@ def single_threaded_blas() -> Iterator[None]:
         yield
 
 
+# Below this much work (n * sample_bytes) one call runs its chunks in the calling thread: handing chunks
+# to the pool costs ~150-250 us a call (waking the workers, the GIL going back and forth), more than
+# the second core saves on small layers (measured: im2col of a 64x16x8x8 batch 261 us on the pool,
+# 125 us in one thread; the pool starts to pay from ~4-8 MB of padded input).
+MIN_PARALLEL_BYTES = 4 << 20
+
+
 def chunk_size(n: int, sample_bytes: int, target_bytes: int) -> int:
     """Samples per chunk: about ``target_bytes`` of work each, and at least one chunk per core."""
     return max(1, min(-(-n // threads()), target_bytes // max(sample_bytes, 1)))
@@ -73,12 +89,22 @@ def over_batch(
     workers = threads()
     step = chunk_size(n, sample_bytes, target_bytes)
     starts = range(0, n, step)
-    if workers < 2:  # one core: the same cache-sized chunks, one after another
+    if workers < 2 or n * sample_bytes < MIN_PARALLEL_BYTES or getattr(_worker, "busy", False):
+        # one core, little work, or called from inside a chunk: the same cache-sized chunks, one after
+        # another in this thread (a nested pool.map could deadlock)
         return [work(a, min(a + step, n)) for a in starts]
     if _pool is None or _pool[0] != os.getpid():  # a forked child inherits the pool but not its threads
         _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="minires"))
     pool = _pool[1]
+
+    def run(a: int) -> Any:
+        _worker.busy = True
+        try:
+            return work(a, min(a + step, n))
+        finally:
+            _worker.busy = False
+
     if not blas:
-        return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
+        return list(pool.map(run, starts))
     with single_threaded_blas():
-        return list(pool.map(lambda a: work(a, min(a + step, n)), starts))
+        return list(pool.map(run, starts))

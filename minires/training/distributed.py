@@ -47,8 +47,11 @@ class TrainingWorld:
 
     def describe(self, batch_size: int, sync_bn: bool) -> str:
         """The line rank 0 prints about the parallel setup."""
-        return (f"data-parallel: {self.size} processes ({self.comm.name}), batch {batch_size} per process, "
-                f"global batch {self.size * batch_size}, " + ("SyncBatchNorm" if sync_bn else "BatchNorm statistics per process"))
+        from minires.ops._parallel import threads
+
+        return (f"data-parallel: {self.size} processes ({self.comm.name}, {threads()} thread(s) each), batch {batch_size} "
+                f"per process, global batch {self.size * batch_size}, "
+                + ("SyncBatchNorm" if sync_bn else "BatchNorm statistics per process"))  # fmt: skip
 
     def loader_order(self, dataset: Any, seed: int) -> dict[str, Any]:
         """DataLoader arguments for the training order: its own shuffle, or this rank's DistributedSampler."""
