@@ -11,17 +11,9 @@ import os
 import signal
 
 import pytest
+from test_training import _config  # the small digits run of the training tests
 
-from minires.training import TrainConfig, Trainer, load_checkpoint
-
-
-def _config(out: str, **overrides: object) -> TrainConfig:
-    base = dict(
-        dataset="digits", model="resnet20", epochs=2, batch_size=32, train_subset=128, lr=0.05,
-        warmup_epochs=0.5, out=out, progress=False, prefetch=1, seed=3,
-    )
-    base.update(overrides)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+from minires.training import Trainer, load_checkpoint
 
 
 def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stopped(tmp_path, monkeypatch) -> None:
