@@ -110,3 +110,13 @@ def test_functional_errors_name_the_function() -> None:
         AF.vjp(lambda a: 1.0, t64([1.0]))
     with pytest.raises(ValueError, match="^hessian: func must return a single one-element Tensor"):
         AF.hessian(lambda a: a * 2, t64([1.0, 2.0]))
+
+
+def test_backward_accepts_a_plain_list_as_the_output_gradient() -> None:
+    """``gradient=`` may be any array-like of the output's shape (a list here), taken in the output's dtype."""
+    x = mr.tensor([1.0, 2.0], requires_grad=True)
+    (x * 3.0).backward(gradient=[1.0, -2.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, -6.0])
+    assert x.grad.dtype == np.float32
+    (g,) = mr.autograd.grad(x * 3.0, x, grad_outputs=[[0.5, 1.0]])
+    np.testing.assert_array_equal(g.numpy(), [1.5, 3.0])
