@@ -89,8 +89,9 @@ def test_blocks_keep_their_stride_as_torchvision_blocks_do(kind) -> None:
     [(64, 1, 64, 64), (4, 1, 128, 8), (4, 2, 64, 8), (8, 4, 32, 16)],
 )
 def test_bottleneck_inner_width_follows_torchvision(kind, planes, groups, base_width, width) -> None:
-    """Inner width = int(planes * base_width / 64) * groups (wide ResNets, ResNeXt); the 3x3 conv is grouped."""
-    block = kind(16, planes, groups=groups, base_width=base_width)
+    """Inner width = int(planes * base_width / 64) * groups (wide ResNets, ResNeXt; base_width 64 by default);
+    the 3x3 conv is grouped."""
+    block = kind(16, planes, groups=groups, base_width=base_width) if base_width != 64 else kind(16, planes, groups=groups)
     assert tuple(block.conv1.weight.shape) == (width, 16, 1, 1)
     assert tuple(block.conv2.weight.shape) == (width, width // groups, 3, 3)
     assert tuple(block.conv3.weight.shape) == (planes * 4, width, 1, 1)
