@@ -138,3 +138,16 @@ def test_grouped_wide_bottleneck_matches_a_numpy_reference() -> None:
     with mr.no_grad():
         got = block(mr.tensor(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_option_a_with_equal_channels_only_subsamples() -> None:
+    x = np.random.default_rng(6).standard_normal((2, 4, 6, 6))
+    np.testing.assert_array_equal(OptionAShortcut(4, 4, 2)(mr.tensor(x)).numpy(), ref.option_a(x, 4, 2))
+
+
+@pytest.mark.parametrize("kind", [BasicBlock, PreActBasicBlock])
+def test_plain_drops_a_given_downsample(kind) -> None:
+    """plain=True means no shortcut at all: a downsample passed in is dropped, weights and all."""
+    block = kind(4, 8, 2, nn.Sequential(conv1x1(4, 8, 2)), plain=True)
+    assert block.downsample is None and block.add is None
+    assert not [k for k in block.state_dict() if k.startswith("downsample")]
