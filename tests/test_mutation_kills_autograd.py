@@ -120,3 +120,43 @@ def test_backward_accepts_a_plain_list_as_the_output_gradient() -> None:
     assert x.grad.dtype == np.float32
     (g,) = mr.autograd.grad(x * 3.0, x, grad_outputs=[[0.5, 1.0]])
     np.testing.assert_array_equal(g.numpy(), [1.5, 3.0])
+
+
+class ScaleFunction(mr.Function):
+    """2x + y, saving a view (the transpose) of x, as a user-written op may."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        ctx.save_for_backward(x.T)
+        return x * 2 + y
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.saved_tensors  # reading them runs the version check
+        return g * 2, g
+
+
+def _view_and_other() -> tuple[mr.Tensor, mr.Tensor]:
+    """x: a view (row 0) of a tensor on the graph, so x's array and the saved x.T share an owner; y: unrelated."""
+    base = mr.tensor(np.arange(12.0).reshape(2, 2, 3), requires_grad=True) * 1.0
+    return base[0], mr.tensor(np.ones((2, 3)), requires_grad=True)
+
+
+def test_an_in_place_change_of_an_input_whose_view_was_saved_is_caught() -> None:
+    """As PyTorch: backward refuses when a saved array (here a view of the input x, itself a view) was changed
+    in place after forward, and the message names the op without its "Function" suffix."""
+    x, y = _view_and_other()
+    out = ScaleFunction.apply(x, y)
+    with mr.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation: \[Scale, float64 \(3, 2\)\] is at version 1"):
+        out.sum().backward()
+
+
+def test_an_in_place_change_of_an_unsaved_input_is_fine() -> None:
+    x, y = _view_and_other()
+    out = ScaleFunction.apply(x, y)
+    with mr.no_grad():
+        y.add_(1.0)  # y was not saved: its change cannot make the gradient wrong
+    out.sum().backward()
+    np.testing.assert_array_equal(y.grad.numpy(), np.ones((2, 3)))
