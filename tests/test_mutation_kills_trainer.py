@@ -1,6 +1,7 @@
 """Trainer behaviour a mutation run (docs/mutation_testing.md) found unguarded: the epoch record of a run
 resumed mid-epoch (not only its weights) equals the uninterrupted run's, and the progress bar appears, with
-its loss / accuracy / speed read-out, exactly when ``progress`` is on; each epoch prints its record.
+its loss / accuracy / speed read-out, exactly when ``progress`` is on; the run's header and each epoch's record
+are printed, and a Ctrl-C's message goes to stderr.
 
 Small runs: ResNet-20 on 128 (or 64) digits, batches of 32, one or two epochs.
 """
@@ -16,7 +17,7 @@ from test_training import _config  # the small digits run of the training tests
 from minires.training import Trainer, load_checkpoint
 
 
-def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stopped(tmp_path, monkeypatch) -> None:
+def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stopped(tmp_path, monkeypatch, capsys) -> None:
     """Ctrl-C after the 2nd of epoch 2's 4 batches, then --resume: the epoch's training loss and accuracy sum
     the batches from before and after the interruption, so they equal the straight run's (bit for bit, as the
     weights do); its time includes the part before the interruption."""
@@ -32,8 +33,11 @@ def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stoppe
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(interrupted.optimizer, "step", step_then_ctrl_c)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()
+    out, err = capsys.readouterr()
+    assert "interrupted: saved" in err and "continue with --resume" in err and "interrupted" not in out
     partial = load_checkpoint(tmp_path / "b" / "checkpoint.npz")["partial"]
     assert partial["batches"] == 2 and partial["seen"] == 64 and partial["seconds"] > 0
 
@@ -50,8 +54,9 @@ def test_the_progress_bar_shows_exactly_when_asked_and_each_epoch_prints_its_rec
     out, err = capsys.readouterr()
     assert (f"epoch   1/1  lr {r['lr']:.4f}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
             f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%") in out
+    assert "minires-train: resnet20 on digits (64 train" in out  # " (plain)" only for --plain runs
     if progress:
-        assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err
+        assert "epoch 1/1" in err and "batch/s" in err and "loss=" in err and "acc=" in err and "img_s=" in err
     else:
         assert "epoch 1/1" not in err and "loss=" not in err
 
