@@ -48,13 +48,13 @@ def test_a_run_resumed_mid_epoch_reports_the_same_epoch_as_one_that_never_stoppe
     assert resumed[1]["seconds"] > partial["seconds"]
 
 
-@pytest.mark.parametrize("progress", [True, False])
-def test_the_progress_bar_shows_exactly_when_asked_and_each_epoch_prints_its_record(tmp_path, capsys, progress: bool) -> None:
-    (r,) = Trainer(_config(str(tmp_path / "run"), epochs=1, train_subset=64, progress=progress)).fit()
+@pytest.mark.parametrize("progress,plain", [(True, False), (False, True)])
+def test_the_progress_bar_shows_exactly_when_asked_and_each_epoch_prints_its_record(tmp_path, capsys, progress, plain) -> None:
+    (r,) = Trainer(_config(str(tmp_path / "run"), epochs=1, train_subset=64, progress=progress, plain=plain)).fit()
     out, err = capsys.readouterr()
+    assert f"minires-train: resnet20{' (plain)' if plain else ''} on digits (64 train" in out
     assert (f"epoch   1/1  lr {r['lr']:.4f}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
             f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%") in out
-    assert "minires-train: resnet20 on digits (64 train" in out  # " (plain)" only for --plain runs
     if progress:
         assert "epoch 1/1" in err and "batch/s" in err and "loss=" in err and "acc=" in err and "img_s=" in err
     else:
