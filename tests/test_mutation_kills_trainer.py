@@ -55,6 +55,7 @@ def test_the_progress_bar_shows_exactly_when_asked_and_each_epoch_prints_its_rec
     assert f"minires-train: resnet20{' (plain)' if plain else ''} on digits (64 train" in out
     assert (f"epoch   1/1  lr {r['lr']:.4f}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
             f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%") in out
+    assert f"curves: {tmp_path / 'run' / 'curves.png'}" in out
     if progress:
         assert "epoch 1/1" in err and "batch/s" in err and "loss=" in err and "acc=" in err and "img_s=" in err
     else:
@@ -73,3 +74,36 @@ def test_the_model_flags_reach_the_model(tmp_path, preact: bool, plain: bool) ->
     assert all(isinstance(b, PreActBasicBlock) == preact for b in blocks)
     assert all((b.add is None) == plain for b in blocks)
     assert any(key.startswith("final_bn.") for key in model.state_dict()) == preact
+
+
+def test_a_non_finite_test_loss_stops_the_run_before_saving_that_epoch(tmp_path, monkeypatch) -> None:
+    """A NaN in evaluation (the training loss was fine) stops with a message naming the epoch, and that epoch
+    is neither checkpointed nor written to the metrics."""
+    import dataclasses
+
+    import minires.training.trainer as trainer_module
+    from minires.training.trainer import NonFiniteLossError
+
+    original = trainer_module.evaluate
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: dataclasses.replace(original(*a, **k), loss=float("nan")))
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="the test loss became nan after epoch 1; stopped without saving that epoch"):
+        Trainer(_config(str(out), epochs=1, train_subset=64)).fit()
+    assert not (out / "checkpoint.npz").exists()
+    assert not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip()
+
+
+def test_ctrl_c_during_evaluation_says_so_on_stderr(tmp_path, monkeypatch, capsys) -> None:
+    import minires.training.trainer as trainer_module
+
+    original = trainer_module.evaluate
+
+    def evaluate_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(str(tmp_path / "run"), epochs=1, train_subset=64)).fit()
+    out, err = capsys.readouterr()
+    assert "interrupted: saved" in err and "(after epoch 1)" in err and "interrupted" not in out
