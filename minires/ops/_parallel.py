@@ -1,8 +1,9 @@
-"""Cache-sized batch chunks shared over the CPU cores, with BLAS kept single-threaded meanwhile.
+"""Cache-sized batch chunks, optionally shared over the CPU cores, with BLAS kept single-threaded meanwhile.
 
 The convolution kernels (im2col, col2im, Winograd's transforms and GEMMs) work on one chunk of the
 batch at a time so the chunk's temporaries stay in the L2/L3 cache; a thread pool with one worker per
-core runs the chunks side by side (numpy releases the GIL in copies, ufunc loops and BLAS calls).
+core runs the chunks side by side when ``MINIRES_NUM_THREADS`` asks for it (numpy releases the GIL in
+copies, ufunc loops and BLAS calls; by default the chunks run one after another in the calling thread).
 A chunk that calls BLAS must not start BLAS threads of its own on top of the pool's: :func:`over_batch`
 limits BLAS to one thread for the whole call (once per call, not per chunk: entering the limit costs
 a few microseconds, but BLAS re-spinning its threads on every switch cost more than it saved).
@@ -33,16 +34,20 @@ _worker = threading.local()  # .busy is True in a pool thread while it runs a ch
 
 
 def threads() -> int:
-    """Worker threads for the chunks: ``MINIRES_NUM_THREADS`` if set, else the cores this process may run on."""
+    """Worker threads for the chunks: ``MINIRES_NUM_THREADS`` if set, else 1 (the chunks run in the calling
+    thread and BLAS keeps all its threads for the GEMMs inside them).
+
+    One is the default because the pool did not pay on the 2-core development machine: a ResNet-20
+    training step took 653-691 ms with one thread against 735-794 ms with a thread per core (ResNet-18:
+    a tie within noise), since numpy's calls hand the GIL back and forth between the pool's threads (see
+    the module docstring). ``MINIRES_NUM_THREADS=N`` turns the pool on with N threads.
+    """
     setting = os.environ.get("MINIRES_NUM_THREADS", "").strip()
     if setting:
         if not setting.isdigit() or int(setting) < 1:
             raise ValueError(f"MINIRES_NUM_THREADS must be a positive integer, got {setting!r}")
         return int(setting)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    return 1
 
 
 @contextlib.contextmanager
