@@ -25,7 +25,7 @@ def relu_values(x: Any) -> Any:
         out = np.empty_like(x)
         flat, flat_out = x.ravel(order="K"), out.ravel(order="K")
         length = row_length(x.size, 1)
-        if out.strides == x.strides and np.shares_memory(flat, x) and length >= 1024:  # dense, same layout
+        if out.strides == x.strides and np.may_share_memory(flat, x) and length >= 1024:  # ravel gave a view: dense
             np.maximum(flat.reshape(-1, length), np.zeros(length, x.dtype), out=flat_out.reshape(-1, length))
             return out
     return xp.maximum(x, x.dtype.type(0))
