@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def worker(batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
+def worker(batch: int, steps: int, warmup: int, sync_bn: bool, net: str = "resnet20") -> None:
     """One rank of the measured run; rank 0 prints one JSON line."""
     import numpy as np
 
@@ -39,14 +39,15 @@ def worker(batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
     import minires.distributed as dist
     import minires.nn.functional as F
     from minires import optim
-    from minires.models import resnet20
+    from minires.models import resnet18, resnet20
 
     dist.init()
     rng = np.random.default_rng(dist.get_rank())
     x = mr.tensor(rng.normal(size=(batch, 3, 32, 32)).astype(np.float32))
     y = mr.tensor(rng.integers(0, 10, batch))
-    model = dist.DistributedDataParallel(dist.convert_sync_batchnorm(resnet20()) if sync_bn else resnet20())
-    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model = resnet20() if net == "resnet20" else resnet18(num_classes=10, stem="cifar")
+    model = dist.DistributedDataParallel(dist.convert_sync_batchnorm(model) if sync_bn else model)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     step_s, sync_s = [], []
     for i in range(warmup + steps):
         dist.barrier()
@@ -69,31 +70,43 @@ def worker(batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
                           "img_s": dist.get_world_size() * batch / mine[0]}))  # fmt: skip
 
 
-def measure(ranks: list[int], batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
+def run_ranks(ranks: int, batch: int, steps: int, warmup: int, sync_bn: bool = True, net: str = "resnet20") -> dict | str:
+    """Launch ``ranks`` ranks of :func:`worker` (one core each) and return rank 0's figures, or why not (a string)."""
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     try:
         import mpi4py  # noqa: F401
     except ImportError:
         mpiexec = None
     if mpiexec is None:
-        print('measured part skipped: needs mpi4py and mpiexec (pip install ".[dist]")\n')
-        return
+        return 'needs mpi4py and mpiexec (pip install ".[dist]")'
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+    # one core per rank: BLAS via OMP_NUM_THREADS, minires' chunk pool via the CPU affinity
+    cmd = [mpiexec, "-bind-to", "core", "-n", str(ranks), sys.executable, __file__, "--worker", "--batch", str(batch),
+           "--steps", str(steps), "--warmup", str(warmup), "--net", net] + ([] if sync_bn else ["--local-bn"])  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        return f"failed: {out.stderr[-500:]}"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(ranks: list[int], batch: int, steps: int, warmup: int, sync_bn: bool) -> None:
     bn = "SyncBatchNorm" if sync_bn else "BatchNorm per rank"
-    print(f"measured: ResNet-20, 3x32x32, batch {batch} per rank, {bn} + DDP, one core per rank, "
-          f"median of {steps} steps after {warmup}; {os.cpu_count()} CPU cores")
-    print(f"{'ranks':>5} {'step ms':>9} {'allreduce ms':>13} {'img/s':>8} {'efficiency':>11}")
+    header = (f"measured: ResNet-20, 3x32x32, batch {batch} per rank, {bn} + DDP, one core per rank, "
+              f"median of {steps} steps after {warmup}; {os.cpu_count()} CPU cores")  # fmt: skip
     base = None
     for n in ranks:
-        # one core per rank: BLAS via OMP_NUM_THREADS, minires' im2col thread pool via the CPU affinity
-        cmd = [mpiexec, "-bind-to", "core", "-n", str(n), sys.executable, __file__, "--worker", "--batch", str(batch),
-               "--steps", str(steps), "--warmup", str(warmup)] + ([] if sync_bn else ["--local-bn"])  # fmt: skip
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if out.returncode != 0:
-            print(f"{n:>5} failed: {out.stderr[-500:]}")
+        r = run_ranks(n, batch, steps, warmup, sync_bn)
+        if isinstance(r, str) and r.startswith("needs"):
+            print(f"measured part skipped: {r}\n")
+            return
+        if header:
+            print(header)
+            print(f"{'ranks':>5} {'step ms':>9} {'allreduce ms':>13} {'img/s':>8} {'efficiency':>11}")
+            header = ""
+        if isinstance(r, str):
+            print(f"{n:>5} {r}")
             continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
         base = r["img_s"] if n == 1 else base
         eff = "" if base is None else f"{r['img_s'] / (n * base):.0%}"
         print(f"{n:>5} {1e3 * r['step_s']:9.1f} {1e3 * r['sync_s']:13.2f} {r['img_s']:8.1f} {eff:>11}")
@@ -143,12 +156,13 @@ def main() -> None:
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--paper-only", action="store_true")
     p.add_argument("--local-bn", action="store_true", help="measure with per-rank BatchNorm instead of SyncBatchNorm")
+    p.add_argument("--net", choices=["resnet20", "resnet18"], default="resnet20", help=argparse.SUPPRESS)
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--tflops", type=float, default=15.0, help="assumed sustained training TFLOP/s per GPU")
     p.add_argument("--latency-us", type=float, default=5.0, help="assumed per-hop latency of the ring")
     args = p.parse_args()
     if args.worker:
-        worker(args.batch, args.steps, args.warmup, not args.local_bn)
+        worker(args.batch, args.steps, args.warmup, not args.local_bn, args.net)
         return
     if not args.paper_only:
         measure(args.ranks, args.batch, args.steps, args.warmup, not args.local_bn)

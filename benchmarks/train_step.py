@@ -33,7 +33,7 @@ Printed per net:
   allocator keeps and reuses from before the step.
 
 ``--ranks N`` then also runs minires as N data-parallel MPI processes (``mpiexec``; SyncBatchNorm and
-DistributedDataParallel, the same global batch split over the ranks, each rank its share of the cores) and
+DistributedDataParallel, the same global batch split over the ranks, one core each) and
 prints its step time against the in-process PyTorch step: NumPy's passes scale over processes, not over the
 threads of one process (``benchmarks/numpy_threads.py``), so this is how minires uses a multi-core CPU best.
 """
@@ -358,60 +358,18 @@ def bench(net: str, steps: int, warmup: int, torch: Any, gemm: float, with_break
 # ---------------------------------------------------------------- data-parallel ranks
 
 
-def rank_worker(net: str, ranks: int, steps: int, warmup: int) -> None:
-    """One of ``ranks`` MPI processes: the net's global batch split over the ranks, SyncBatchNorm + DDP;
-    rank 0 prints the slowest rank's median step time as JSON."""
-    import json
-
-    import minires.distributed as dist
-
-    dist.init()
-    batch = NETS[net] // dist.get_world_size()
-    rng = np.random.default_rng(dist.get_rank())
-    x = mr.tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32))
-    y = mr.tensor(rng.integers(0, 10, batch))
-    model = resnet20() if net == "resnet20" else resnet18(num_classes=10, stem="cifar")
-    model = dist.DistributedDataParallel(dist.convert_sync_batchnorm(model))
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    times = []
-    for i in range(warmup + steps):
-        dist.barrier()
-        start = time.perf_counter()
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        model.sync_gradients()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    slowest = np.array([statistics.median(times)])
-    dist.all_reduce(slowest, "max")
-    if dist.get_rank() == 0:
-        print(json.dumps({"step_s": float(slowest[0]), "threads": os.environ.get("MINIRES_NUM_THREADS")}))
-
-
 def bench_ranks(net: str, ranks: int, steps: int, warmup: int, torch_ms: float | None) -> None:
-    """The same global batch as ``ranks`` MPI processes (each its share of the cores), against the in-process
-    PyTorch step measured just before: how fast minires trains when it uses the cores as processes."""
-    import json
-    import shutil
-    import subprocess
+    """The same global batch as ``ranks`` MPI processes, one core each (``distributed_scaling.run_ranks``:
+    SyncBatchNorm + DDP), against the in-process PyTorch step measured just before: how fast minires
+    trains when it uses the cores as processes."""
+    from distributed_scaling import run_ranks
 
-    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if mpiexec is None:
-        print('  data-parallel ranks: skipped (needs mpi4py and mpiexec: pip install ".[dist]")')
-        return
-    env = {k: v for k, v in os.environ.items() if k not in ("MINIRES_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, os.path.abspath(__file__), "--rank-worker", "--nets", net,
-           "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        print(f"  data-parallel ranks: failed: {out.stderr[-800:]}")
-        return
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     batch = NETS[net]
-    line = (f"  minires, {ranks} ranks x {r['threads']} thread(s) (mpiexec; SyncBatchNorm + DDP, {batch // ranks} images "
+    r = run_ranks(ranks, batch // ranks, steps, warmup, net=net)
+    if isinstance(r, str):
+        print(f"  data-parallel ranks: {r}")
+        return
+    line = (f"  minires, {ranks} ranks x 1 thread (mpiexec; SyncBatchNorm + DDP, {batch // ranks} images "
             f"per rank): {1e3 * r['step_s']:.1f} ms/step {batch / r['step_s']:.1f} img/s")  # fmt: skip
     if torch_ms is not None:
         line += f"; / torch in-process: {torch_ms / (1e3 * r['step_s']):.2f}"
@@ -431,11 +389,7 @@ def main() -> None:
     parser.add_argument(
         "--ranks", type=int, default=0, help="also time minires as N data-parallel MPI processes (mpiexec) on the same global batch"
     )
-    parser.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rank_worker:
-        rank_worker(args.nets[0], args.ranks, args.steps, args.warmup)
-        return
     torch = None if args.no_torch else try_torch()
     if args.threads:
         os.environ["MINIRES_NUM_THREADS"] = str(args.threads)
