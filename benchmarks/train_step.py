@@ -61,6 +61,7 @@ import minires.nn as nn  # noqa: E402
 import minires.nn.functional as F  # noqa: E402
 from minires.autograd.function import Function  # noqa: E402
 from minires.models import resnet18, resnet20  # noqa: E402
+from minires.ops import _procs  # noqa: E402
 from minires.optim import SGD  # noqa: E402
 
 NETS = {"resnet20": 128, "resnet18": 64}  # net -> batch size
@@ -174,6 +175,13 @@ def rss_delta_mib(step: Callable[[], None]) -> float | None:
     step()
     peak = _status_kib("VmHWM")
     return None if before is None or peak is None else (peak - before) / 1024
+
+
+def shared_mib() -> float:
+    """Shared memory minires' worker processes and this one hold (:mod:`minires.ops._procs`: arrays the
+    kernels allocate there are invisible to tracemalloc; the blocks are cached, so this is their peak)."""
+    arena = _procs._arena
+    return 0.0 if arena is None else arena.reserved / 2**20
 
 
 def tracemalloc_peak_mib(step: Callable[[], None]) -> float:
@@ -346,6 +354,9 @@ def bench(net: str, steps: int, warmup: int, torch: Any, gemm: float, with_break
     mr_trace = tracemalloc_peak_mib(mr_step)
     mr_rss = rss_delta_mib(mr_step)
     line = f"  peak memory of one step: minires {mr_trace:.0f} MiB (tracemalloc)"
+    held = shared_mib()
+    if held:
+        line += f" + {held:.0f} MiB shared memory held"
     if mr_rss is not None:
         line += f", RSS growth {mr_rss:.0f} MiB"
     if t_step is not None:
@@ -393,6 +404,7 @@ def main() -> None:
     torch = None if args.no_torch else try_torch()
     if args.threads:
         os.environ["MINIRES_NUM_THREADS"] = str(args.threads)
+        os.environ["MINIRES_PROCESSES"] = str(args.threads)
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(args.threads)  # for the rest of the run
@@ -417,6 +429,9 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     gemm = sgemm_gflops()
     print(f"numpy sgemm 2048^3: {gemm:.0f} GFLOP/s")
+    workers = _procs.start()  # started now, not inside the timed steps (and after the sgemm: BLAS then runs one thread)
+    setting = os.environ.get("MINIRES_PROCESSES", "(unset)")
+    print(f"minires processes: {1 + workers} (this one + {workers} workers; MINIRES_PROCESSES={setting})")
     for net in args.nets:
         result = bench(net, args.steps, args.warmup, torch, gemm, not args.no_breakdown)
         if args.ranks > 1:

@@ -23,7 +23,7 @@ import minires.nn as nn
 import minires.nn.functional as F
 from minires.models import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from minires.models.blocks import norm_relu, projection_shortcut
-from minires.ops import batch_norm_cpu
+from minires.ops import _procs, batch_norm_cpu
 from minires.ops.cuda import fast_kernels_off
 from minires.ops.layout import channels_last_dense
 
@@ -104,19 +104,30 @@ def spy() -> Iterator[list[str]]:
 @contextlib.contextmanager
 def rows_and_blocks(row_values: int, block_bytes: int, parallel_bytes: int | None = None) -> Iterator[None]:
     """Other row and block sizes inside the block (the row-length cache cleared on the way in and out);
-    ``parallel_bytes`` given: threads on, and arrays of that size or more split over the pool (0: all)."""
+    ``parallel_bytes`` given: arrays of that size or more split over the processes (0: all; the test asks
+    for the ``three_processes`` fixture: two workers, started and ready)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(batch_norm_cpu, "ROW_VALUES", row_values)
         mp.setattr(batch_norm_cpu, "BLOCK_BYTES", block_bytes)
         if parallel_bytes is not None:
-            mp.setattr(batch_norm_cpu, "THREADS", True)
-            mp.setattr(batch_norm_cpu, "PARALLEL_BYTES", parallel_bytes)
-            mp.setenv("MINIRES_NUM_THREADS", "3")  # three parts, whatever the machine's cores
+            mp.setattr(_procs, "MIN_SPLIT_BYTES", parallel_bytes)
+            mp.setattr(batch_norm_cpu, "SPLIT_BYTES", parallel_bytes)
         batch_norm_cpu.row_length.cache_clear()
         try:
             yield
         finally:
             batch_norm_cpu.row_length.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def three_processes() -> Iterator[None]:
+    """Two worker processes and this one (MINIRES_PROCESSES=3, whatever the machine's cores), for the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIRES_PROCESSES", "3")
+        _procs.reset()
+        assert _procs.start() == 2
+        yield
+    _procs.reset()
 
 
 @pytest.fixture
@@ -161,7 +172,7 @@ def _data(case: dict[str, Any], dtype: Any = np.float64) -> tuple[Any, ...]:
 
 @settings(max_examples=60, deadline=None)
 @given(case=cases)
-def test_the_fast_path_equals_the_formula_and_the_reference_path(case: dict[str, Any]) -> None:
+def test_the_fast_path_equals_the_formula_and_the_reference_path(case: dict[str, Any], three_processes: None) -> None:
     """Any layout of x, residual and gradient; row and block sizes small (many blocks) or the defaults."""
     with rows_and_blocks(*case["rows"]):
         _fast_path_equals_formula_and_reference(case)
@@ -196,8 +207,13 @@ def _fast_path_equals_formula_and_reference(case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_parts_on_the_thread_pool_give_the_formula(kind: str, training: bool) -> None:
-    """Rows split into three parts on the pool (sums of the parts added up), small blocks within each."""
+def test_parts_in_three_processes_give_the_formula(kind: str, training: bool, monkeypatch: pytest.MonkeyPatch,
+                                                   three_processes: None) -> None:
+    """Rows split into three parts over two worker processes and this one (sums of the parts added up),
+    small blocks within each."""
+    split = []
+    run = _procs.Plan.run
+    monkeypatch.setattr(_procs.Plan, "run", lambda self, *a, **k: (split.append(self.parts), run(self, *a, **k))[1])
     case = {"shape": (5, 3, 4, 3), "kind": kind, "training": training, "affine": True, "seed": 7,
             "x_last": True, "r_last": True, "g_last": True}
     x, r, w, b, g, stats = _data(case)
@@ -206,6 +222,7 @@ def test_parts_on_the_thread_pool_give_the_formula(kind: str, training: bool) ->
     with rows_and_blocks(12, 2 * 12 * 8, parallel_bytes=0), spy() as calls:
         got = run_op(kind, x, r, w, b, g, training, stats)
     assert calls == ["forward_train" if training else "forward_eval", "backward"]
+    assert split and set(split) == {3}  # every pass went to the workers
     for name in ("y", "dx", "dr", "dw", "db"):
         if got[name] is not None:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)
@@ -213,7 +230,7 @@ def test_parts_on_the_thread_pool_give_the_formula(kind: str, training: bool) ->
 
 @settings(max_examples=30, deadline=None)
 @given(case=cases)
-def test_float32_on_the_fast_path_is_float32_accurate(case: dict[str, Any]) -> None:
+def test_float32_on_the_fast_path_is_float32_accurate(case: dict[str, Any], three_processes: None) -> None:
     with rows_and_blocks(*case["rows"]):
         _float32_accurate(dict(case, x_last=True))
 

@@ -9,16 +9,17 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from minires.distributed import cores
-from minires.ops import _parallel
+from minires.ops import _parallel, _procs
 
 
 @pytest.fixture
 def clean_threads(monkeypatch: pytest.MonkeyPatch):
-    for name in ("MINIRES_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    for name in ("MINIRES_NUM_THREADS", "MINIRES_PROCESSES", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     before = {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
     yield
     monkeypatch.delenv("MINIRES_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MINIRES_PROCESSES", raising=False)
     threadpool_limits(limits=max(before.values(), default=1), user_api="blas")
 
 
@@ -31,13 +32,14 @@ def test_each_rank_gets_its_share(clean_threads, monkeypatch, machine_cores, loc
     monkeypatch.setattr(cores, "available_cores", lambda: machine_cores)
     assert cores.share_cores(local_ranks) == share
     assert _parallel.threads() == share  # the chunk pool reads MINIRES_NUM_THREADS
+    assert _procs.processes() == share  # the worker processes read MINIRES_PROCESSES
     assert _blas_threads() and set(_blas_threads()) == {share}
 
 
 def test_one_rank_changes_nothing(clean_threads):
     before = _blas_threads()
     assert cores.share_cores(1) is None
-    assert "MINIRES_NUM_THREADS" not in os.environ and _blas_threads() == before
+    assert "MINIRES_NUM_THREADS" not in os.environ and "MINIRES_PROCESSES" not in os.environ and _blas_threads() == before
 
 
 def test_the_users_settings_are_kept(clean_threads, monkeypatch):

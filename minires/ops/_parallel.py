@@ -14,8 +14,9 @@ after another in the calling thread; on cupy the work is one call over the whole
 What the pool can and cannot do: numpy gives the GIL back inside each call, but a thread must take it
 again between calls, and with calls of tens of microseconds that hand-over costs about as much as the
 call. Two threads running the same Winograd convolution on two halves of a batch do 1.35x the work of
-one; two *processes* do 2x (``benchmarks/numpy_threads.py``). So on a multi-core CPU, data-parallel ranks
-(``mpiexec -n <cores>``, one thread each; :mod:`minires.distributed.cores`) use the cores better than this pool.
+one; two *processes* do 2x (``benchmarks/numpy_threads.py``). So on a multi-core CPU the batch of the big
+kernels goes to worker processes instead (:mod:`minires.ops._procs`, on by default); inside each process's
+slice, these chunks run one after another.
 """
 
 from __future__ import annotations

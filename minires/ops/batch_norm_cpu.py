@@ -24,8 +24,9 @@ The rows are processed in blocks of about 256 KB (:data:`BLOCK_BYTES`). A block,
 scratch buffer, stay in the L2 cache between the ufuncs that work on them, so a chain of k in-place
 ufuncs on one block costs one trip to memory instead of k. Each block's column sums are added into
 float64 accumulators, so a float32 sum over millions of values loses no more than one block's rounding.
-The passes can split the rows over the cores (:data:`THREADS`), but on a 2-core machine that did not pay:
-these loops are bound by memory traffic and by NumPy's per-call overhead more than by arithmetic.
+Each pass is a kernel over a range of rows (``_*_rows`` below); on a multi-core CPU the rows are shared
+with minires' worker processes (:mod:`minires.ops._procs`: the arrays live in shared memory, and a pass
+over a part of the rows is the same code in every process; column sums add the parts' sums).
 
 The passes
 ----------
@@ -63,24 +64,27 @@ from typing import Any, Callable
 
 import numpy as np
 
-from minires.ops._parallel import over_batch
+from minires.ops import _procs
 from minires.ops.cuda import fast_kernels_enabled
-from minires.ops.layout import channels_last_dense, empty_in_layout, in_layout, to_last
+from minires.ops.layout import channels_last_dense, from_last, in_layout, to_last
 
-#: The most channels the fast path takes. With more, NumPy's broadcast inner loop over C is long enough
-#: already, and the generic code (which keeps d for its second backward pass) measured as fast or faster:
-#: backward of BN + ReLU at 128x16x32x32 4.8 ms here vs 6.7 generic, at 128x32x16x16 2.9 vs 2.9, at
-#: 128x64x8x8 1.2 vs 1.1, at 64x64x32x32 11.7 vs 9.3 (forward: 3.9 vs 6.8, 1.4 vs 1.7, 0.7 vs 0.7).
-MAX_CHANNELS = 32
+#: The most channels the fast path takes (the widest measured). With glibc keeping freed memory
+#: (:mod:`minires.ops._malloc`) it beat or tied the generic code at every width of the CIFAR nets, one
+#: process, BN + ReLU forward / backward in ms: 64x64x32x32 4.96 / 11.1 vs generic 6.02 / 16.0,
+#: 64x128x16x16 2.02 / 3.42 vs 2.42 / 4.64, 64x256x8x8 0.84 / 1.54 vs 1.12 / 1.65, 64x512x4x4 0.48 / 0.80
+#: vs 0.52 / 0.78, 128x64x8x8 0.48 / 0.80 vs 0.74 / 0.84. (Without those malloc settings the generic
+#: code won from 64 channels, and this was 32.)
+MAX_CHANNELS = 512
 #: Target length of one row, in values (a multiple of C close to this).
 ROW_VALUES = 1 << 14
 #: Bytes of one block of rows: a block of each operand and the scratch buffers fit in the L2 cache.
 BLOCK_BYTES = 1 << 18
-#: Whether the passes split the rows over the cores (minires.ops._parallel's pool), or run on one thread
-#: (the default: on the 2-core development machine two threads ran the ResNet-20 BatchNorm passes no faster,
-#: 250 vs 260 ms median for 15 steps' worth, under load). Arrays under PARALLEL_BYTES always run on one.
-THREADS = False
-PARALLEL_BYTES = 1 << 20
+#: Arrays from this size on have their passes shared with the worker processes (:mod:`minires.ops._procs`).
+#: The passes are bound by memory bandwidth, which the processes share: on the 2-core development machine
+#: splitting BN + add + ReLU gave forward / backward 2.40 / 4.77 ms against 1.94 / 5.14 in one process at
+#: 128x16x32x32 (8 MB), 5.15 / 9.15 against 4.42 / 10.1 at 64x64x32x32 (17 MB). So only arrays bigger
+#: than the CIFAR nets' are split.
+SPLIT_BYTES = 32 << 20
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -132,75 +136,64 @@ class ChannelRows:
 
     def empty(self) -> tuple[np.ndarray, np.ndarray]:
         """A new uninitialised channels-last array shaped like x, and its rows view."""
-        a = empty_in_layout(np, self.shape, self.dtype, channels_last=True)
+        last = tuple(self.shape[i] for i in to_last(len(self.shape)))
+        a = _procs.empty(last, self.dtype).transpose(from_last(len(self.shape)))  # shared while workers run
         return a, self.rows(a)
-
-    def scratch(self, dtype: Any = None) -> np.ndarray:
-        """A block-sized buffer (block rows x L) that stays in cache."""
-        return np.empty((self.block, self.rows_shape[1]), dtype=self.dtype if dtype is None else dtype)
 
     def tile(self, v: Any) -> np.ndarray:
         """Per-channel (C,) values -> one (L,) row in x's dtype (column l holds channel l % C)."""
         return np.tile(np.asarray(v, dtype=self.dtype), self.reps)
 
-    def zero_row(self) -> np.ndarray:
-        return np.zeros(self.rows_shape[1], dtype=self.dtype)
-
-    def zeros64(self) -> np.ndarray:
-        """A float64 (L,) accumulator for column sums."""
-        return np.zeros(self.rows_shape[1], dtype=np.float64)
-
     def fold(self, column_sums: np.ndarray) -> np.ndarray:
         """(L,) column sums -> (C,) per-channel sums, float64."""
         return column_sums.reshape(self.reps, self.channels).sum(0)
 
-    def over_parts(self, work: Callable[[Iterator[slice]], Any]) -> list[Any]:
-        """Run ``work(blocks)`` on parts of the rows, one part per core (the thread pool of
-        :mod:`minires.ops._parallel`; one part when :data:`THREADS` is off or the array is small); ``blocks``
-        walks the part's rows block by block. Returns each part's result."""
-        n, block = self.rows_shape[0], self.block
+    def run(self, fn: Callable[..., Any], *args: Any, out: tuple[np.ndarray, ...] = (), sums: int = 0) -> Any:
+        """``fn(a, b, part, block, *args, *out[, parts])`` over the rows, shared with the worker processes
+        when the arrays are big (:mod:`minires.ops._procs`). ``sums`` > 0: ``fn`` writes ``sums`` float64
+        (L,) column sums of its rows into ``parts[part]``; returns their totals over all parts, (sums, L)."""
+        n = self.rows_shape[0]
+        arrays = [a for a in (*args, *out) if isinstance(a, np.ndarray)]
+        big = n * self.rows_shape[1] * self.dtype.itemsize >= SPLIT_BYTES
+        plan = _procs.plan(n, sum(a.nbytes for a in arrays), *arrays) if big else _procs.Plan(n, [])
+        if not sums:
+            plan.run(fn, self.block, *args, out=out)
+            return None
+        parts = _procs.empty((plan.parts, sums, self.rows_shape[1]), np.float64)
+        plan.run(fn, self.block, *args, out=(*out, parts))
+        return parts[0] if plan.parts == 1 else parts.sum(0)
 
-        def part(a: int, b: int) -> Any:
-            return work(slice(i, min(i + block, b)) for i in range(a, b, block))
 
-        row_bytes = self.rows_shape[1] * self.dtype.itemsize
-        if not THREADS or n * row_bytes < PARALLEL_BYTES:
-            return [part(0, n)]
-        return over_batch(np, n, row_bytes, part, target_bytes=n * row_bytes)  # parts of ceil(n / cores) rows
-
-    def column_sums(self, work: Callable[[Iterator[slice]], Any]) -> Any:
-        """:meth:`over_parts` for work that returns float64 column sums (one (L,) array or a tuple of them):
-        the parts' sums added up."""
-        parts = self.over_parts(work)
-        if isinstance(parts[0], tuple):
-            return tuple(sum(p[i] for p in parts) for i in range(len(parts[0])))
-        return sum(parts)
+def _blocks(a: int, b: int, block: int) -> Iterator[slice]:
+    return (slice(i, min(i + block, b)) for i in range(a, b, block))
 
 
 def _normalise_rows(cr: ChannelRows, out: np.ndarray, source: np.ndarray, mean_row: Any, scale: Any, bias: Any,
                     residual: np.ndarray | None, relu: bool) -> None:
     """Pass 3: ``out <- relu((source - mean) * scale + bias + residual)`` block by block, on rows. ``mean_row``
     None: source is already centred (``x - mean``). bias, residual None: left out."""
-    scale_row = cr.tile(scale)
     bias_row = None if bias is None else cr.tile(bias)
-    zero_row = cr.zero_row()
+    cr.run(_normalise_kernel, source, mean_row, cr.tile(scale), bias_row, residual, relu, out=(out,))
 
-    def work(blocks: Iterator[slice]) -> None:
-        for b in blocks:
-            ob = out[b]
-            if mean_row is None:
-                np.multiply(source[b], scale_row, out=ob)
-            else:
-                np.subtract(source[b], mean_row, out=ob)
-                ob *= scale_row
-            if bias_row is not None:
-                ob += bias_row
-            if residual is not None:
-                ob += residual[b]
-            if relu:
-                np.maximum(ob, zero_row, out=ob)  # NaN stays NaN, as torch.relu
 
-    cr.over_parts(work)
+@_procs.kernel
+def _normalise_kernel(a: int, b: int, part: int, block: int, source: np.ndarray, mean_row: Any, scale_row: np.ndarray,
+                      bias_row: Any, residual: Any, relu: bool, out: np.ndarray) -> None:
+    """Pass 3 on rows a..b (see :func:`_normalise_rows`)."""
+    zero_row = np.zeros_like(scale_row)
+    for r in _blocks(a, b, block):
+        ob = out[r]
+        if mean_row is None:
+            np.multiply(source[r], scale_row, out=ob)
+        else:
+            np.subtract(source[r], mean_row, out=ob)
+            ob *= scale_row
+        if bias_row is not None:
+            ob += bias_row
+        if residual is not None:
+            ob += residual[r]
+        if relu:
+            np.maximum(ob, zero_row, out=ob)  # NaN stays NaN, as torch.relu
 
 
 def _dot_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -216,29 +209,35 @@ def forward_train(
     dt = x.dtype.type
     xr = cr.rows(x)
 
-    def sums(blocks: Iterator[slice]) -> np.ndarray:  # pass 1
-        total = cr.zeros64()
-        for b in blocks:
-            total += xr[b].sum(0)
-        return total
-
-    mean = (cr.fold(cr.column_sums(sums)) / cr.count).astype(x.dtype)
+    mean = (cr.fold(cr.run(_sum_kernel, xr, sums=1)[0]) / cr.count).astype(x.dtype)  # pass 1
     mean_row = cr.tile(mean)
     y, yr = cr.empty()
-
-    def centre(blocks: Iterator[slice]) -> np.ndarray:  # pass 2: y <- d
-        total = cr.zeros64()
-        for b in blocks:
-            yb = yr[b]
-            np.subtract(xr[b], mean_row, out=yb)
-            total += _dot_columns(yb, yb)
-        return total
-
-    var = (cr.fold(cr.column_sums(centre)) / cr.count).astype(x.dtype)
+    var = (cr.fold(cr.run(_centre_kernel, xr, mean_row, out=(yr,), sums=1)[0]) / cr.count).astype(x.dtype)  # pass 2
     invstd = (1 / np.sqrt(var + dt(eps))).astype(x.dtype, copy=False)
     scale = invstd if weight is None else invstd * weight
     _normalise_rows(cr, yr, yr, None, scale, bias, None if residual is None else cr.rows(residual), relu)  # pass 3
     return y, mean, var, invstd
+
+
+@_procs.kernel
+def _sum_kernel(a: int, b: int, part: int, block: int, xr: np.ndarray, parts: np.ndarray) -> None:
+    """Pass 1 on rows a..b: their column sums, into ``parts[part, 0]``."""
+    total = parts[part, 0]
+    total[...] = 0
+    for r in _blocks(a, b, block):
+        total += xr[r].sum(0)
+
+
+@_procs.kernel
+def _centre_kernel(a: int, b: int, part: int, block: int, xr: np.ndarray, mean_row: np.ndarray, yr: np.ndarray,
+                   parts: np.ndarray) -> None:
+    """Pass 2 on rows a..b: ``y <- x - mean``, and the column sums of its squares into ``parts[part, 0]``."""
+    total = parts[part, 0]
+    total[...] = 0
+    for r in _blocks(a, b, block):
+        yb = yr[r]
+        np.subtract(xr[r], mean_row, out=yb)
+        total += _dot_columns(yb, yb)
 
 
 def forward_eval(
@@ -278,24 +277,10 @@ def backward(
     sums = need_sums or (training and need_x)
     source = gr if masked_r is None else masked_r
     sum_g = sum_gd = None
-    if masked_r is not None or sums:
-        zero_row = cr.zero_row()
-
-        def pass1(blocks: Iterator[slice]) -> tuple[np.ndarray, np.ndarray]:
-            sum_g, sum_gd = cr.zeros64(), cr.zeros64()
-            scratch, mask = cr.scratch(), cr.scratch(bool)
-            for b in blocks:
-                gb = gr[b]
-                n = gb.shape[0]
-                if masked_r is not None:
-                    np.greater(yr[b], zero_row, out=mask[:n])
-                    gb = np.multiply(gb, mask[:n], out=masked_r[b])
-                if sums:
-                    sum_g += gb.sum(0)
-                    sum_gd += _dot_columns(gb, np.subtract(xr[b], mean_row, out=scratch[:n]))
-            return sum_g, sum_gd
-
-        sum_g, sum_gd = cr.column_sums(pass1)
+    if masked_r is not None or sums:  # pass 1
+        out = (masked_r,) if masked_r is not None else ()
+        totals = cr.run(_backward_sums_kernel, gr, xr, yr, mean_row, sums, out=out, sums=2)
+        sum_g, sum_gd = totals[0], totals[1]
     dweight = dbias = None
     if sums:
         sg, sgd = cr.fold(sum_g), cr.fold(sum_gd)
@@ -311,24 +296,52 @@ def backward(
     if training:
         c1_row = cr.tile(-k * invstd * invstd * sgd / cr.count)
         c2_row = cr.tile(-k * sg / cr.count)
-
-    def pass2(blocks: Iterator[slice]) -> None:
-        scratch = cr.scratch()
-        for b in blocks:
-            db = dxr[b]
-            np.multiply(source[b], k_row, out=db)
-            if training:
-                s = scratch[: db.shape[0]]
-                np.subtract(xr[b], mean_row, out=s)
-                s *= c1_row
-                db += s
-                db += c2_row
-
-    cr.over_parts(pass2)
+    else:
+        c1_row = c2_row = None
+    cr.run(_dx_kernel, source, xr, mean_row, k_row, c1_row, c2_row, out=(dxr,))  # pass 2
     return dx, dweight, dbias, (masked if keep_masked else None)
 
 
+@_procs.kernel
+def _backward_sums_kernel(a: int, b: int, part: int, block: int, gr: np.ndarray, xr: np.ndarray, yr: Any, mean_row: np.ndarray,
+                          sums: bool, *rest: np.ndarray) -> None:
+    """Backward pass 1 on rows a..b: ``g_r = g * (y > 0)`` into ``masked_r`` when y is given (``rest`` is
+    (masked_r, parts) then, else (parts,)), and the column sums of g_r and g_r * d into ``parts[part]``."""
+    masked_r, parts = (rest[0], rest[1]) if yr is not None else (None, rest[0])
+    sum_g, sum_gd = parts[part, 0], parts[part, 1]
+    sum_g[...] = 0
+    sum_gd[...] = 0
+    length = gr.shape[1]
+    scratch, mask = np.empty((block, length), dtype=gr.dtype), np.empty((block, length), dtype=bool)
+    zero_row = np.zeros(length, dtype=gr.dtype)
+    for r in _blocks(a, b, block):
+        gb = gr[r]
+        n = gb.shape[0]
+        if masked_r is not None:
+            np.greater(yr[r], zero_row, out=mask[:n])
+            gb = np.multiply(gb, mask[:n], out=masked_r[r])
+        if sums:
+            sum_g += gb.sum(0)
+            sum_gd += _dot_columns(gb, np.subtract(xr[r], mean_row, out=scratch[:n]))
+
+
+@_procs.kernel
+def _dx_kernel(a: int, b: int, part: int, block: int, source: np.ndarray, xr: np.ndarray, mean_row: np.ndarray,
+               k_row: np.ndarray, c1_row: Any, c2_row: Any, dxr: np.ndarray) -> None:
+    """Backward pass 2 on rows a..b: ``dx = k * g_r`` (+ ``c1 * d + c2`` in training, when c1_row is given)."""
+    scratch = np.empty((block, source.shape[1]), dtype=source.dtype)
+    for r in _blocks(a, b, block):
+        db = dxr[r]
+        np.multiply(source[r], k_row, out=db)
+        if c1_row is not None:
+            s = scratch[: db.shape[0]]
+            np.subtract(xr[r], mean_row, out=s)
+            s *= c1_row
+            db += s
+            db += c2_row
+
+
 __all__ = [
-    "BLOCK_BYTES", "MAX_CHANNELS", "ROW_VALUES", "THREADS", "ChannelRows", "backward", "forward_eval", "forward_train",
+    "BLOCK_BYTES", "MAX_CHANNELS", "ROW_VALUES", "ChannelRows", "backward", "forward_eval", "forward_train",
     "row_length", "usable",
 ]

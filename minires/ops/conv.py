@@ -33,7 +33,7 @@ from minires import backends
 from minires.amp import cast_to_compute
 from minires.autograd.function import Context, Function
 from minires.backend import xp_of
-from minires.ops import winograd
+from minires.ops import _procs, winograd
 from minires.ops._parallel import over_batch
 from minires.ops._util import as_tensor, check_float
 from minires.ops.cuda import launch as cuda_launch
@@ -54,8 +54,9 @@ def _over_batch(xp: Any, n: int, sample_bytes: int, work: Callable[[int, int], N
     over_batch(xp, n, sample_bytes, work, _CHUNK_BYTES)
 
 
-def _im2col(x: Any, window: Window2d) -> Any:
-    """im2col of x (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`im2col`."""
+def _im2col(x: Any, window: Window2d, out: Any = None) -> Any:
+    """im2col of x (N, C, H, W) over a checked ``window`` for its (H, W); see :func:`im2col`. ``out``: the
+    (N*oH*oW, kH*kW*C) C-contiguous array to write the columns into (a new one when None)."""
     xp = xp_of(x)
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw), pads = window.kernel, window.stride, window.dilation, window.padding
@@ -64,10 +65,15 @@ def _im2col(x: Any, window: Window2d) -> Any:
         return cuda_launch.im2col(x, window)
     nhwc = x.transpose(0, 2, 3, 1)  # a view; contiguous already when x is channels-last
     if kh == kw == 1 and not any(pads):  # 1x1: the columns are the (strided) pixels themselves
-        return xp.ascontiguousarray(nhwc[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]).reshape(n * oh * ow, c)
+        pixels = nhwc[:, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw]
+        if out is None:
+            return xp.ascontiguousarray(pixels).reshape(n * oh * ow, c)
+        out.reshape(n, oh, ow, c)[...] = pixels
+        return out
     pt, pb, pl, pr = pads
     hp, wp = h + pt + pb, w + pl + pr
-    out = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+    matrix = xp.empty((n * oh * ow, kh * kw * c), dtype=x.dtype) if out is None else out
+    out = matrix.reshape(n, oh, ow, kh, kw, c)
 
     def work(a: int, b: int) -> None:
         if any(pads):  # a zero-bordered channels-last copy of this chunk
@@ -84,7 +90,7 @@ def _im2col(x: Any, window: Window2d) -> Any:
         out[a:b] = _as_strided(xp, padded, shape, (s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c))
 
     _over_batch(xp, n, hp * wp * c * x.dtype.itemsize, work)
-    return out.reshape(n * oh * ow, kh * kw * c)
+    return matrix
 
 
 def _col2im(cols: Any, input_shape: tuple[int, int, int, int], window: Window2d) -> Any:
@@ -333,6 +339,84 @@ def input_from_columns(cols: list[Any], x_shape: tuple[int, ...], window: Window
     return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
 
 
+def _shared_rows(a: Any, groups: int) -> bool:
+    """Whether the im2col path runs as batch-slice kernels (:func:`conv_rows_forward` and its gradients),
+    which :mod:`minires.ops._procs` shares with the worker processes: NumPy arrays, one group."""
+    return type(a) is np.ndarray and groups == 1
+
+
+def conv_rows_forward(x: Any, wmat: Any, bias: Any, window: Window2d) -> tuple[list[Any], Any]:
+    """im2col + GEMM (+ bias) slice by slice of the batch: ([columns], output (N, O, oH, oW) channels-last).
+
+    The same arithmetic as :func:`group_columns` + :func:`conv_from_columns` with one group, written into
+    arrays :func:`minires.ops._procs.empty` hands out, so that the worker processes can take slices.
+    """
+    n, c = x.shape[:2]
+    (kh, kw), (oh, ow), o = window.kernel, window.output_size, wmat.shape[0]
+    cols = _procs.empty((n * oh * ow, kh * kw * c), x.dtype)
+    out = _procs.empty((n * oh * ow, o), x.dtype)
+    plan = _procs.plan(n, x.nbytes + cols.nbytes + out.nbytes, x, wmat)
+    plan.run(_forward_rows, x, wmat, bias, window, out=(cols, out))
+    return [cols], out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+
+
+@_procs.kernel
+def _forward_rows(a: int, b: int, part: int, x: Any, wmat: Any, bias: Any, window: Window2d, cols: Any, out: Any) -> None:
+    """Samples a..b of :func:`conv_rows_forward`."""
+    ohw = window.output_size[0] * window.output_size[1]
+    rows = slice(a * ohw, b * ohw)
+    _im2col(x[a:b], window, out=cols[rows])
+    np.matmul(cols[rows], wmat.T, out=out[rows])
+    if bias is not None:
+        out[rows] += bias
+
+
+def conv_rows_input_grad(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window: Window2d) -> Any:
+    """dL/dx (N, C, H, W) of a one-group convolution from gmat (N*oH*oW, O), slice by slice of the batch:
+    what :func:`input_grad_from` computes, in arrays the worker processes can take slices of."""
+    n, c, h, w = x_shape
+    pt, pb, pl, pr = window.padding
+    out = _procs.empty((n, h + pt + pb, w + pl + pr, c), gmat.dtype)
+    plan = _procs.plan(n, gmat.nbytes + 2 * out.nbytes, gmat, wmat)
+    plan.run(_input_grad_rows, gmat, wmat, window, out=(out,))
+    return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
+
+
+@_procs.kernel
+def _input_grad_rows(a: int, b: int, part: int, gmat: Any, wmat: Any, window: Window2d, out: Any) -> None:
+    """Samples a..b of :func:`conv_rows_input_grad`: per-offset blocks (narrow layers) or one GEMM (wide),
+    folded onto the zero-bordered ``out[a:b]`` in cache-sized chunks."""
+    (oh, ow), (kh, kw), c = window.output_size, window.kernel, out.shape[3]
+    gm = gmat[a * oh * ow : b * oh * ow]
+    if kh == kw == 1 and window.stride == (1, 1) and not any(window.padding):  # 1x1: a GEMM onto the pixels
+        np.matmul(gm, wmat, out=out[a:b].reshape(-1, c))
+        return
+    if c >= _DENSE_FOLD_MAX_CHANNELS:
+        blocks = (gm @ wmat).reshape(b - a, oh, ow, kh * kw, c).transpose(3, 0, 1, 2, 4)
+    else:
+        blocks = offset_blocks(gm, wmat, b - a, window)
+    target = out[a:b]
+    _over_batch(np, b - a, target.nbytes // max(b - a, 1), lambda s, e: fold_into(target[s:e], blocks[:, s:e], window))
+
+
+def conv_rows_weight_grad(cols: Any, gmat: Any, weight_shape: tuple[int, ...], n: int) -> Any:
+    """dL/dweight (O, C, kH, kW) of a one-group convolution over a batch of ``n``, each slice of the batch
+    summed on its own (:func:`_pixel_sum_matmul`) and the slices' sums added: :func:`weight_grad_from`'s value."""
+    o, c, kh, kw = weight_shape
+    plan = _procs.plan(n, cols.nbytes + gmat.nbytes, cols, gmat)
+    parts = _procs.empty((plan.parts, kh * kw * c, o), gmat.dtype)
+    plan.run(_weight_grad_rows, cols, gmat, gmat.shape[0] // max(n, 1), out=(parts,))
+    gw_t = parts[0] if plan.parts == 1 else parts.sum(axis=0)
+    return np.ascontiguousarray(gw_t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+
+
+@_procs.kernel
+def _weight_grad_rows(a: int, b: int, part: int, cols: Any, gmat: Any, pixels: int, parts: Any) -> None:
+    """``parts[part]`` = columns^T @ gradient over samples a..b (``pixels`` rows each)."""
+    rows = slice(a * pixels, b * pixels)
+    parts[part] = _pixel_sum_matmul(cols[rows], gmat[rows])
+
+
 class Conv2dFunction(Function):
     """y = conv(x, weight) + bias via im2col and one GEMM per group (layout in the module docstring).
 
@@ -376,9 +460,13 @@ class Conv2dFunction(Function):
             ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
             return out
         wmat = weight_matrix(weight)
-        cols = group_columns(x, window, groups)
+        if _shared_rows(x, groups):  # numpy: the batch shared with the worker processes
+            cols, out = conv_rows_forward(x, wmat, bias, window)
+        else:
+            cols = group_columns(x, window, groups)
+            out = conv_from_columns(cols, wmat, x.shape[0], window, bias)
         ctx.save_for_backward(cols if need_w else None, wmat if need_x else None, weight if need_x else None, None)
-        return conv_from_columns(cols, wmat, x.shape[0], window, bias)
+        return out
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple[Any, ...]:
@@ -394,10 +482,12 @@ class Conv2dFunction(Function):
                 gb = grad.sum(axis=(0, 2, 3))
             return gx, gw, gb, None, None, None, None
         gmat = grad_matrix(grad)
+        shared = _shared_rows(gmat, groups)
         if ctx.needs_input_grad[0]:
-            gx = input_grad_from(gmat, wmat, x_shape, window, groups)
+            gx = conv_rows_input_grad(gmat, wmat, x_shape, window) if shared else input_grad_from(gmat, wmat, x_shape, window, groups)
         if ctx.needs_input_grad[1]:
-            gw = weight_grad_from(cols, gmat, (grad.shape[1], x_shape[1] // groups, *window.kernel))
+            w_shape = (grad.shape[1], x_shape[1] // groups, *window.kernel)
+            gw = conv_rows_weight_grad(cols[0], gmat, w_shape, x_shape[0]) if shared else weight_grad_from(cols, gmat, w_shape)
         if ctx.needs_input_grad[2]:
             gb = gmat.sum(axis=0)
         return gx, gw, gb, None, None, None, None

@@ -44,7 +44,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from minires.backend import xp_of
+from minires.ops import _procs
 from minires.ops._parallel import over_batch
 
 Pads = tuple[int, int, int, int]  # (top, bottom, left, right)
@@ -193,7 +196,8 @@ def conv3x3(x: Any, u: Any, pads: Pads) -> Any:
     """The convolution of x (N, C, H, W) with transformed weights ``u = weight_transform(w)`` (16, C, O).
 
     Returns (N, O, oH, oW) with oH = H + pt + pb - 2 (likewise oW), as a channels-last view (memory
-    NHWC) like :func:`minires.ops.conv.conv2d`'s output.
+    NHWC) like :func:`minires.ops.conv.conv2d`'s output. On NumPy the batch is shared with the worker
+    processes of :mod:`minires.ops._procs` when it is big enough.
     """
     xp = xp_of(x)
     n, c, h, w = x.shape
@@ -201,16 +205,26 @@ def conv3x3(x: Any, u: Any, pads: Pads) -> Any:
     oh, ow = h + pads[0] + pads[1] - 2, w + pads[2] + pads[3] - 2
     nhwc = x.transpose(0, 2, 3, 1)
     exact = oh % 2 == 0 and ow % 2 == 0
-    out = xp.empty((n, 2 * _tiles(oh), 2 * _tiles(ow), o), dtype=x.dtype)
-
-    def work(a: int, b: int) -> None:
-        v = input_transform(_padded_chunk(nhwc, a, b, pads, (oh, ow)))
-        output_transform(xp.matmul(v, u), out[a:b])
-
-    over_batch(xp, n, _sample_bytes(nhwc.shape, x.dtype.itemsize, max(c, o)), work, _chunk_target(u.nbytes), blas=True)
+    shape = (n, 2 * _tiles(oh), 2 * _tiles(ow), o)
+    out = _procs.empty(shape, x.dtype) if xp is np else xp.empty(shape, dtype=x.dtype)
+    plan = _procs.plan(n, x.nbytes + out.nbytes, x, u)
+    plan.run(_conv3x3_rows, nhwc, u, pads, (oh, ow), out=(out,))
     if not exact:
         out = xp.ascontiguousarray(out[:, :oh, :ow])
     return out.transpose(0, 3, 1, 2)
+
+
+@_procs.kernel
+def _conv3x3_rows(a: int, b: int, part: int, nhwc: Any, u: Any, pads: Pads, out_hw: tuple[int, int], out: Any) -> None:
+    """Samples a..b of :func:`conv3x3` (NHWC input, (N, 2*tH, 2*tW, O) output), in cache-sized chunks."""
+    xp = xp_of(nhwc)
+    c, o = nhwc.shape[3], u.shape[2]
+
+    def work(s: int, e: int) -> None:
+        v = input_transform(_padded_chunk(nhwc, a + s, a + e, pads, out_hw))
+        output_transform(xp.matmul(v, u), out[a + s : a + e])
+
+    over_batch(xp, b - a, _sample_bytes(nhwc.shape, nhwc.dtype.itemsize, max(c, o)), work, _chunk_target(u.nbytes), blas=True)
 
 
 def conv3x3_input_grad(grad: Any, w: Any, pads: Pads) -> Any:
@@ -231,23 +245,36 @@ def conv3x3_weight_grad(x: Any, grad: Any, pads: Pads) -> Any:
     dU[a, b] += V[a, b]^T @ Z[a, b]; then dg = G^T dU G. Nothing batch-sized is kept from the forward.
     """
     xp = xp_of(x)
-    n, c, h, w = x.shape
+    n, c = x.shape[:2]
     o, oh, ow = grad.shape[1], grad.shape[2], grad.shape[3]
-    nhwc = x.transpose(0, 2, 3, 1)
-    g_nhwc = grad.transpose(0, 2, 3, 1)
-    th, tw = _tiles(oh), _tiles(ow)
+    plan = _procs.plan(n, x.nbytes + grad.nbytes, x, grad)
+    shape = (plan.parts, 16, c, o)
+    parts = _procs.empty(shape, x.dtype) if xp is np else xp.empty(shape, dtype=x.dtype)
+    plan.run(_weight_grad_rows, x.transpose(0, 2, 3, 1), grad.transpose(0, 2, 3, 1), pads, (oh, ow), out=(parts,))
+    return weight_transform_adjoint(parts.sum(axis=0) if plan.parts > 1 else parts[0])
 
-    def work(a: int, b: int) -> Any:
-        v = input_transform(_padded_chunk(nhwc, a, b, pads, (oh, ow)))
-        gpad = g_nhwc[a:b]
+
+@_procs.kernel
+def _weight_grad_rows(a: int, b: int, part: int, nhwc: Any, g_nhwc: Any, pads: Pads, out_hw: tuple[int, int], parts: Any) -> None:
+    """``parts[part] = dU`` summed over samples a..b (see :func:`conv3x3_weight_grad`)."""
+    xp = xp_of(nhwc)
+    c, o = nhwc.shape[3], g_nhwc.shape[3]
+    (oh, ow), th, tw = out_hw, _tiles(out_hw[0]), _tiles(out_hw[1])
+
+    def work(s: int, e: int) -> Any:
+        v = input_transform(_padded_chunk(nhwc, a + s, a + e, pads, out_hw))
+        gpad = g_nhwc[a + s : a + e]
         if (2 * th, 2 * tw) != (oh, ow):
-            gpad = xp.zeros((b - a, 2 * th, 2 * tw, o), dtype=grad.dtype)
-            gpad[:, :oh, :ow] = g_nhwc[a:b]
+            gpad = xp.zeros((e - s, 2 * th, 2 * tw, o), dtype=g_nhwc.dtype)
+            gpad[:, :oh, :ow] = g_nhwc[a + s : a + e]
         return xp.matmul(v.transpose(0, 2, 1), output_transform_adjoint(gpad))  # (16, C, O)
 
-    target = _chunk_target(16 * c * o * x.dtype.itemsize)
-    parts = over_batch(xp, n, _sample_bytes(nhwc.shape, x.dtype.itemsize, max(c, o)), work, target, blas=True)
-    du = parts[0]
-    for p in parts[1:]:
-        du += p
-    return weight_transform_adjoint(du)
+    target = _chunk_target(16 * c * o * nhwc.dtype.itemsize)
+    sums = over_batch(xp, b - a, _sample_bytes(nhwc.shape, nhwc.dtype.itemsize, max(c, o)), work, target, blas=True)
+    total = parts[part]
+    if not sums:
+        total[...] = 0
+        return
+    total[...] = sums[0]
+    for p in sums[1:]:
+        total += p

@@ -1,0 +1,278 @@
+"""minires.ops._procs: the worker processes over shared memory give the values one process gives, and a
+failing worker costs a warning, not a wrong result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import warnings
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import minires as mr
+import minires.nn.functional as F
+from minires import backends
+from minires.models import resnet20
+from minires.ops import _procs, winograd
+
+pytestmark = pytest.mark.skipif(not _procs.supported(), reason="worker processes need Linux (memfd, /proc)")
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[None]:
+    """Two worker processes, started and ready, for the whole module (MINIRES_PROCESSES=3)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIRES_PROCESSES", "3")
+        _procs.reset()
+        assert _procs.start() == 2
+        yield
+    _procs.reset()
+
+
+@contextlib.contextmanager
+def split(on: bool) -> Iterator[list[int]]:
+    """Every call split over the three processes (``on``), or every call here; yields the parts of each run."""
+    parts: list[int] = []
+    run = _procs.Plan.run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_procs, "MIN_SPLIT_BYTES", 0 if on else 1 << 60)
+        mp.setattr(_procs.Plan, "run", lambda self, *a, **k: (parts.append(self.parts), run(self, *a, **k))[1])
+        yield parts
+
+
+def both_ways(fn: Any) -> tuple[Any, Any, list[int]]:
+    """fn() computed with every call here, then with every call split; and the parts of the split runs."""
+    with split(False):
+        here = fn()
+    with split(True) as parts:
+        there = fn()
+    return here, there, parts
+
+
+def assert_close_all(a: Any, b: Any, rtol: float = 1e-12) -> None:
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared memory
+
+
+def test_size_classes_cover_the_request_and_waste_little() -> None:
+    for n in [1, 4095, 4096, 4097, 65536, 100_000, 3 << 20, (1 << 30) + 1]:
+        c = _procs.size_class(n)
+        assert c >= n and c % 4096 == 0
+        assert c <= max(4096, n * 1.125 + 4096)
+
+
+def test_shared_arrays_are_independent_and_reused_after_they_die(workers: None) -> None:
+    a, b = _procs.empty((100, 7), np.float64), _procs.empty((100, 7), np.float64)
+    arena = _procs._the_arena()
+    assert arena is not None and arena.locate(a) is not None and arena.locate(b) is not None
+    a[...] = 1
+    b[...] = 2
+    assert a.sum() == 700 and b.sum() == 1400
+    address = b.__array_interface__["data"][0]
+    view = b[3:, ::2]  # a view keeps the block alive
+    del b
+    c = _procs.empty((100, 7), np.float64)
+    assert c.__array_interface__["data"][0] != address
+    assert (view == 2).all()
+    del view
+    d = _procs.empty((99, 7), np.float64)  # the same size class: the freed block comes back
+    assert d.__array_interface__["data"][0] == address
+
+
+def test_shared_copies_private_arrays_in_their_layout_and_passes_shared_ones(workers: None) -> None:
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 4, 5, 3).transpose(0, 3, 1, 2)  # channels-last
+    s = _procs.shared(x)
+    assert s is not x and np.array_equal(s, x)
+    assert np.argsort(s.strides).tolist() == np.argsort(x.strides).tolist()
+    assert _procs.shared(s) is s
+    with pytest.raises(ValueError, match="not in shared memory"):
+        _procs.encode(x, _procs._the_arena())
+
+
+def test_a_forked_child_gets_its_own_arena(workers: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = _procs._the_arena()
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+    assert _procs._the_arena() is not parent  # never the parent's blocks
+    assert _procs._the_arena().locate(_procs.empty((10,), np.float64)) is None  # no workers here: private memory
+    monkeypatch.undo()
+    _procs._arena = parent
+
+
+# ---------------------------------------------------------------------------------------------------------
+# every slice computed, by the right process
+
+
+def test_each_process_computes_its_slice(workers: None) -> None:
+    x = _procs.shared(np.arange(12.0))
+    out = _procs.empty((12,), np.float64)
+    with split(True) as parts:
+        _procs.plan(12, 0, x).run(_procs._check_rows, x, out=(out,))
+    assert parts == [3]
+    np.testing.assert_array_equal(out, 2 * np.arange(12.0) + np.repeat([0, 1, 2], 4))  # + the part that wrote it
+
+
+def test_small_batches_and_private_outputs_stay_here(workers: None) -> None:
+    with split(True):
+        assert _procs.plan(1, 0).parts == 1
+        assert _procs.plan(2, 0).parts == 2  # at least one sample a process
+        assert _procs.plan(3, 0).parts == 3
+    x = np.arange(8.0)
+    out = np.empty(8)  # not shared: the workers could not write it
+    with split(True):
+        _procs.plan(8, 0, x).run(_procs._check_rows, x, out=(out,))
+    np.testing.assert_array_equal(out, 2 * x)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the kernels: split equals one process
+
+
+conv_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(3, 7),
+        "c": st.integers(1, 5),
+        "o": st.integers(1, 5),
+        "h": st.integers(1, 9),
+        "w": st.integers(1, 9),
+        "pads": st.tuples(*[st.integers(0, 2)] * 4),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=conv_cases)
+def test_winograd_split_equals_one_process(workers: None, case: dict[str, Any]) -> None:
+    rng = np.random.default_rng(case["seed"])
+    pads = case["pads"]
+    h, w = max(case["h"], 3 - pads[0] - pads[1]), max(case["w"], 3 - pads[2] - pads[3])
+    x = rng.standard_normal((case["n"], case["c"], h, w))
+    k = rng.standard_normal((case["o"], case["c"], 3, 3))
+    g = rng.standard_normal((case["n"], case["o"], h + pads[0] + pads[1] - 2, w + pads[2] + pads[3] - 2))
+
+    def run() -> tuple[Any, ...]:
+        return (
+            winograd.conv3x3(x, winograd.weight_transform(k), pads),
+            winograd.conv3x3_input_grad(g, k, pads),
+            winograd.conv3x3_weight_grad(x, g, pads),
+        )
+
+    here, there, parts = both_ways(run)
+    assert set(parts) == {3}
+    assert_close_all(here, there)
+
+
+im2col_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(3, 6),
+        "c": st.sampled_from([1, 3, 5, 70]),  # 70: the wide input-gradient path (one GEMM)
+        "o": st.integers(1, 4),
+        "size": st.integers(3, 8),
+        "kernel": st.integers(1, 3),
+        "stride": st.integers(1, 2),
+        "padding": st.integers(0, 1),
+        "dilation": st.integers(1, 2),
+        "bias": st.booleans(),
+        "seed": st.integers(0, 2**16),
+    }
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=im2col_cases)
+def test_im2col_convolution_split_equals_one_process(workers: None, case: dict[str, Any]) -> None:
+    rng = np.random.default_rng(case["seed"])
+    k = case["kernel"]
+    assume(case["size"] + 2 * case["padding"] >= case["dilation"] * (k - 1) + 1)
+    x0 = rng.standard_normal((case["n"], case["c"], case["size"], case["size"]))
+    w0 = rng.standard_normal((case["o"], case["c"], k, k))
+    b0 = rng.standard_normal(case["o"]) if case["bias"] else None
+
+    def run() -> tuple[Any, ...]:
+        x, w = mr.tensor(x0, requires_grad=True), mr.tensor(w0, requires_grad=True)
+        b = None if b0 is None else mr.tensor(b0, requires_grad=True)
+        with backends.use_conv_algorithm("im2col"):
+            y = F.conv2d(x, w, b, case["stride"], case["padding"], case["dilation"])
+            (y * mr.tensor(np.cos(np.arange(y.numpy().size)).reshape(y.shape))).sum().backward()
+        return y.numpy(), x.grad.numpy(), w.grad.numpy(), (0 if b is None else b.grad.numpy())
+
+    here, there, parts = both_ways(run)
+    assert set(parts) == {3}
+    assert_close_all(here, there)
+
+
+def test_a_resnet_training_step_split_equals_one_process(workers: None) -> None:
+    """Float64 ResNet-20 forward and backward (Winograd, im2col, BatchNorm with add and ReLU): every
+    parameter's gradient the same whichever processes computed it."""
+    x0 = np.random.default_rng(0).standard_normal((6, 3, 16, 16))
+    y0 = np.arange(6) % 10
+
+    def run() -> list[Any]:
+        mr.manual_seed(0)
+        model = resnet20().to(mr.float64)
+        loss = F.cross_entropy(model(mr.tensor(x0)), mr.tensor(y0))
+        loss.backward()
+        return [loss.numpy()] + [p.grad.numpy() for p in model.parameters()]
+
+    here, there, parts = both_ways(run)
+    assert 3 in parts
+    assert_close_all(here, there, rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# failures
+
+
+def test_a_worker_runs_only_registered_kernels_of_minires(workers: None) -> None:
+    worker = _procs._pool.workers[0]
+    for name, why in (("os:system", "not minires' own"), ("minires.ops._procs:shutdown", "not a registered kernel")):
+        _procs.send(worker.out, {"kernel": name, "rows": [0, 1, 0], "args": []})
+        with pytest.raises(RuntimeError, match=why):
+            worker.wait()
+
+
+def test_a_dead_worker_costs_a_warning_not_a_wrong_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIRES_PROCESSES", "2")
+    _procs.reset()
+    try:
+        assert _procs.start() == 1
+        _procs._pool.workers[0].proc.kill()
+        _procs._pool.workers[0].proc.wait()
+        x = _procs.shared(np.arange(10.0))
+        out = _procs.empty((10,), np.float64)
+        with split(True), pytest.warns(RuntimeWarning, match="worker process failed"):
+            _procs.plan(10, 0, x).run(_procs._check_rows, x, out=(out,))
+        np.testing.assert_array_equal(out, 2 * np.arange(10.0) + np.repeat([0, 1], 5))  # the dead one's slice done here
+        with split(True) as parts, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _procs.plan(10, 0, x).parts == 1  # not used again, and no second warning
+        assert parts == []
+    finally:
+        _procs.reset()
+
+
+def test_malloc_keeps_freed_memory_unless_told_not_to() -> None:
+    code = "from minires.ops._malloc import keep_freed_memory; print(keep_freed_memory())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+
+    def run(**extra: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else None
+    assert run() == ("True" if glibc else "False")
+    assert run(MINIRES_KEEP_MEMORY="0") == "False"
+    assert run(MALLOC_MMAP_THRESHOLD_="65536") == "False"  # the user's own setting wins
