@@ -99,6 +99,18 @@ def test_shared_copies_private_arrays_in_their_layout_and_passes_shared_ones(wor
         _procs.encode(x, _procs._the_arena())
 
 
+def test_gradient_sums_land_in_shared_memory_in_the_layout_of_the_first(workers: None) -> None:
+    a = np.random.default_rng(0).standard_normal((4, 6, 5, 3)).transpose(0, 3, 1, 2)  # channels-last
+    b = np.ascontiguousarray(a) * 3
+    with split(True):
+        s = _procs.add(a, b)
+    np.testing.assert_array_equal(s, a + b)
+    assert _procs._the_arena().locate(s) is not None
+    assert np.argsort(s.strides).tolist() == np.argsort(a.strides).tolist()
+    with split(False):  # small work: a plain private sum
+        assert _procs._the_arena().locate(_procs.add(a, b)) is None
+
+
 def test_a_forked_child_gets_its_own_arena(workers: None, monkeypatch: pytest.MonkeyPatch) -> None:
     parent = _procs._the_arena()
     pid = os.getpid()

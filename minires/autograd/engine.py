@@ -58,7 +58,13 @@ class _ArrayGrads:
     @staticmethod
     def accumulate(current: Any, grad: Any) -> Any:
         # Never in place: the same array may have been handed to several inputs (e.g. by add's backward).
-        return grad if current is None else current + grad
+        if current is None:
+            return grad
+        if type(current) is np.ndarray and type(grad) is np.ndarray and current.shape == grad.shape and current.dtype == grad.dtype:
+            from minires.ops import _procs  # here: minires.ops imports this module
+
+            return _procs.add(current, grad)  # the sum in shared memory while worker processes run
+        return current + grad
 
     @classmethod
     def run_hooks(cls, hooks: list[Any], grad: Any) -> Any:

@@ -229,6 +229,16 @@ def empty_like_layout(a: np.ndarray, dtype: Any = None) -> np.ndarray:
     return base.transpose(np.argsort(order))
 
 
+def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a + b`` for two arrays of one shape and dtype, in a's stride order, in shared memory while workers
+    are in use (the autograd engine sums gradients with it, so the sum can go to the workers uncopied)."""
+    out = empty_like_layout(a) if _pool_active() and a.nbytes >= MIN_SPLIT_BYTES // 8 else None
+    if out is None:
+        return a + b
+    np.add(a, b, out=out)
+    return out
+
+
 def shared(a: np.ndarray) -> np.ndarray | None:
     """``a`` itself when it lies in shared memory, else a shared copy (same stride order); None if full."""
     arena = _the_arena()
@@ -519,4 +529,4 @@ def plan(n: int, work_bytes: int, *arrays: Any) -> Plan:
     return Plan(n, workers)
 
 
-__all__ = ["KERNELS", "MIN_SPLIT_BYTES", "Plan", "empty", "kernel", "plan", "processes", "reset", "shared", "shutdown", "start"]
+__all__ = ["KERNELS", "MIN_SPLIT_BYTES", "Plan", "add", "empty", "kernel", "plan", "processes", "reset", "shared", "shutdown", "start"]

@@ -80,11 +80,11 @@ ROW_VALUES = 1 << 14
 #: Bytes of one block of rows: a block of each operand and the scratch buffers fit in the L2 cache.
 BLOCK_BYTES = 1 << 18
 #: Arrays from this size on have their passes shared with the worker processes (:mod:`minires.ops._procs`).
-#: The passes are bound by memory bandwidth, which the processes share: on the 2-core development machine
-#: splitting BN + add + ReLU gave forward / backward 2.40 / 4.77 ms against 1.94 / 5.14 in one process at
-#: 128x16x32x32 (8 MB), 5.15 / 9.15 against 4.42 / 10.1 at 64x64x32x32 (17 MB). So only arrays bigger
-#: than the CIFAR nets' are split.
-SPLIT_BYTES = 32 << 20
+#: The passes are bound by memory bandwidth, which the processes share, so splitting gains less than it does
+#: for convolutions (a lone 8 MB sum pass: 0.54 ms in one process, 0.37 in two), and each pass costs a round
+#: trip. Measured in whole training steps (2-core machine, steps alternating): ResNet-20 330 ms with no BN
+#: split, 301 ms splitting from 4 MB, 293 ms from 2 MB; ResNet-18 896, 832 and 868 ms.
+SPLIT_BYTES = 4 << 20
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -141,8 +141,11 @@ class ChannelRows:
         return a, self.rows(a)
 
     def tile(self, v: Any) -> np.ndarray:
-        """Per-channel (C,) values -> one (L,) row in x's dtype (column l holds channel l % C)."""
-        return np.tile(np.asarray(v, dtype=self.dtype), self.reps)
+        """Per-channel (C,) values -> one (L,) row in x's dtype (column l holds channel l % C), in shared
+        memory while worker processes run (:func:`minires.ops._procs.empty`)."""
+        row = _procs.empty((self.rows_shape[1],), self.dtype)
+        row.reshape(self.reps, self.channels)[...] = v
+        return row
 
     def fold(self, column_sums: np.ndarray) -> np.ndarray:
         """(L,) column sums -> (C,) per-channel sums, float64."""
