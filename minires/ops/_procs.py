@@ -84,9 +84,12 @@ def processes() -> int:
         return 1
 
 
+_SUPPORTED = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+
+
 def supported() -> bool:
     """Whether this platform can share memory with workers (Linux: memfd_create and /proc)."""
-    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
+    return _SUPPORTED
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -404,17 +404,17 @@ def conv_rows_weight_grad(cols: Any, gmat: Any, weight_shape: tuple[int, ...], n
     summed on its own (:func:`_pixel_sum_matmul`) and the slices' sums added: :func:`weight_grad_from`'s value."""
     o, c, kh, kw = weight_shape
     plan = _procs.plan(n, cols.nbytes + gmat.nbytes, cols, gmat)
-    parts = _procs.empty((plan.parts, kh * kw * c, o), gmat.dtype)
+    parts = _procs.empty((plan.parts, o, kh * kw * c), gmat.dtype)
     plan.run(_weight_grad_rows, cols, gmat, gmat.shape[0] // max(n, 1), out=(parts,))
-    gw_t = parts[0] if plan.parts == 1 else parts.sum(axis=0)
-    return np.ascontiguousarray(gw_t.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+    gw = parts[0] if plan.parts == 1 else parts.sum(axis=0)  # (O, kH*kW*C): each O's block transposes on its own
+    return np.ascontiguousarray(gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
 
 
 @_procs.kernel
 def _weight_grad_rows(a: int, b: int, part: int, cols: Any, gmat: Any, pixels: int, parts: Any) -> None:
-    """``parts[part]`` = columns^T @ gradient over samples a..b (``pixels`` rows each)."""
+    """``parts[part]`` = gradient^T @ columns over samples a..b (``pixels`` rows each)."""
     rows = slice(a * pixels, b * pixels)
-    parts[part] = _pixel_sum_matmul(cols[rows], gmat[rows])
+    parts[part] = _pixel_sum_matmul(gmat[rows], cols[rows])
 
 
 class Conv2dFunction(Function):
