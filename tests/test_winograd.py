@@ -271,3 +271,21 @@ def test_small_work_stays_in_the_calling_thread(monkeypatch):
     assert small == [threading.current_thread().name] * 4
     big = _parallel.over_batch(np, 4, _parallel.MIN_PARALLEL_BYTES, where, 1)
     assert len(big) == 4 and all(name.startswith("minires") for name in big)
+
+
+@settings(max_examples=20, deadline=None)
+@given(c=st.integers(1, 6), o=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_the_flipped_kernels_transform_is_a_permutation_of_the_kernels(c: int, o: int, seed: int) -> None:
+    """U of w[:, :, ::-1, ::-1] with channels swapped equals U of w with its 4x4 positions permuted (0 <-> 3 on
+    both axes; to rounding: k0 + k1 + k2 is summed in the other order); the input gradient from the forward's
+    U equals the one from a fresh transform."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((o, c, 3, 3))
+    direct = winograd.weight_transform(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    np.testing.assert_allclose(winograd.flipped_transform(winograd.weight_transform(w)), direct, rtol=1e-14, atol=1e-15)
+    g = rng.standard_normal((2, o, 5, 4))
+    np.testing.assert_allclose(
+        winograd.conv3x3_input_grad(g, w, (1, 1, 1, 1), winograd.weight_transform(w)),
+        winograd.conv3x3_input_grad(g, w, (1, 1, 1, 1)),
+        rtol=1e-13, atol=1e-13,
+    )

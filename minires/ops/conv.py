@@ -454,10 +454,12 @@ class Conv2dFunction(Function):
         )
         need_x, need_w = ctx.needs_input_grad[:2]
         if ctx.algorithm == "winograd":  # keeps x and weight only: backward recomputes the tiles chunk by chunk
-            out = winograd.conv3x3(x, winograd.weight_transform(weight), window.padding)
+            u = winograd.weight_transform(weight)
+            out = winograd.conv3x3(x, u, window.padding)
             if bias is not None:
                 out += bias[:, None, None]
             ctx.save_for_backward(None, None, weight if need_x else None, x if need_w else None)
+            ctx.transformed = u if need_x else None  # the input gradient's transform is a permutation of it
             return out
         wmat = weight_matrix(weight)
         if _shared_rows(x, groups):  # numpy: the batch shared with the worker processes
@@ -475,7 +477,7 @@ class Conv2dFunction(Function):
         gx = gw = gb = None
         if ctx.algorithm == "winograd":  # works on grad (N, O, oH, oW) itself: no pixel-row matrix
             if ctx.needs_input_grad[0]:
-                gx = winograd.conv3x3_input_grad(grad, weight, window.padding)
+                gx = winograd.conv3x3_input_grad(grad, weight, window.padding, ctx.transformed)
             if ctx.needs_input_grad[1]:
                 gw = winograd.conv3x3_weight_grad(x, grad, window.padding)
             if ctx.needs_input_grad[2]:

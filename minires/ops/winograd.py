@@ -227,15 +227,28 @@ def _conv3x3_rows(a: int, b: int, part: int, nhwc: Any, u: Any, pads: Pads, out_
     over_batch(xp, b - a, _sample_bytes(nhwc.shape, nhwc.dtype.itemsize, max(c, o)), work, _chunk_target(u.nbytes), blas=True)
 
 
-def conv3x3_input_grad(grad: Any, w: Any, pads: Pads) -> Any:
+# The transform of the flipped kernel is a permutation of the kernel's: G J = P G, where J reverses the 3
+# kernel taps and P swaps rows 0 and 3 of G, so G (J g J) G^T = P (G g G^T) P^T, i.e. U'[a, b] = U[p(a), p(b)].
+_FLIPPED = [4 * p + q for p in (3, 1, 2, 0) for q in (3, 1, 2, 0)]
+
+
+def flipped_transform(u: Any) -> Any:
+    """``weight_transform(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))`` from ``u = weight_transform(w)``:
+    (16, C, O) -> (16, O, C), the 16 positions permuted (one copy) and the channel axes swapped (a view)."""
+    return u[_FLIPPED].swapaxes(1, 2)
+
+
+def conv3x3_input_grad(grad: Any, w: Any, pads: Pads, u: Any = None) -> Any:
     """dL/dx of a stride-1 3x3 convolution: grad (N, O, oH, oW), w (O, C, 3, 3) -> (N, C, H, W).
 
     dx[h] = sum_i grad[h + pt - i] w[i] is a 3x3 convolution of grad, padded by 2 - p on each side,
-    with the kernel flipped (w[:, :, ::-1, ::-1]) and its channel axes swapped.
+    with the kernel flipped (w[:, :, ::-1, ::-1]) and its channel axes swapped. ``u``: the forward's
+    ``weight_transform(w)``, if kept, whose permutation is the flipped kernel's transform.
     """
-    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, 3, 3)
     pt, pb, pl, pr = pads
-    return conv3x3(grad, weight_transform(flipped), (2 - pt, 2 - pb, 2 - pl, 2 - pr))
+    if u is None:
+        u = weight_transform(w)
+    return conv3x3(grad, flipped_transform(u), (2 - pt, 2 - pb, 2 - pl, 2 - pr))
 
 
 def conv3x3_weight_grad(x: Any, grad: Any, pads: Pads) -> Any:
