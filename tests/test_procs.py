@@ -109,6 +109,12 @@ def test_gradient_sums_land_in_shared_memory_in_the_layout_of_the_first(workers:
     assert np.argsort(s.strides).tolist() == np.argsort(a.strides).tolist()
     with split(False):  # small work: a plain private sum
         assert _procs._the_arena().locate(_procs.add(a, b)) is None
+    sa, sb = _procs.shared(a), _procs.shared(b)  # both shared: each process adds its rows
+    with split(True) as parts:
+        s2 = _procs.add(sa, sb)
+    assert parts == [3]
+    np.testing.assert_array_equal(s2, a + b)
+    assert np.argsort(s2.strides).tolist() == np.argsort(a.strides).tolist()
 
 
 def test_a_forked_child_gets_its_own_arena(workers: None, monkeypatch: pytest.MonkeyPatch) -> None:

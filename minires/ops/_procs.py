@@ -238,8 +238,19 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = empty_like_layout(a) if _pool_active() and a.nbytes >= MIN_SPLIT_BYTES // 8 else None
     if out is None:
         return a + b
-    np.add(a, b, out=out)
+    arena = _the_arena()
+    n = a.shape[0] if a.ndim else 1
+    if a.ndim and arena is not None and arena.locate(a) is not None and arena.locate(b) is not None:
+        plan(n, 3 * a.nbytes, a, b).run(_add_rows, a, b, out=(out,))  # each process adds the rows it will read next
+    else:
+        np.add(a, b, out=out)
     return out
+
+
+@kernel
+def _add_rows(a: int, b: int, part: int, x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """``out[a:b] = x[a:b] + y[a:b]`` (see :func:`add`)."""
+    np.add(x[a:b], y[a:b], out=out[a:b])
 
 
 def shared(a: np.ndarray) -> np.ndarray | None:

@@ -83,8 +83,10 @@ BLOCK_BYTES = 1 << 18
 #: The passes are bound by memory bandwidth, which the processes share, so splitting gains less than it does
 #: for convolutions (a lone 8 MB sum pass: 0.54 ms in one process, 0.37 in two), and each pass costs a round
 #: trip. Measured in whole training steps (2-core machine, steps alternating): ResNet-20 330 ms with no BN
-#: split, 301 ms splitting from 4 MB, 293 ms from 2 MB; ResNet-18 896, 832 and 868 ms.
-SPLIT_BYTES = 4 << 20
+#: split, 301 ms splitting from 4 MB, 293 ms from 2 MB; ResNet-18 896, 832 and 868 ms. From 2 MB, every
+#: BN of ResNet-20 is split, so each process writes the half of the activations it reads in the next
+#: convolution (a worker reading what this process wrote ran its slices 12-40% slower than this one).
+SPLIT_BYTES = 2 << 20
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
