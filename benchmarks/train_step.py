@@ -32,6 +32,10 @@ Printed per net:
   invisible to tracemalloc, so the RSS delta is the like-for-like figure; it can undercount memory an
   allocator keeps and reuses from before the step.
 
+minires runs as users get it: one worker process per extra core takes a share of the batch of every big
+kernel (``minires.ops._procs``; ``MINIRES_PROCESSES=1`` keeps everything in this process), started before
+the timed steps.
+
 ``--ranks N`` then also runs minires as N data-parallel MPI processes (``mpiexec``; SyncBatchNorm and
 DistributedDataParallel, the same global batch split over the ranks, one core each) and
 prints its step time against the in-process PyTorch step: NumPy's passes scale over processes, not over the
