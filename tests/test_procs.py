@@ -294,3 +294,53 @@ def test_malloc_keeps_freed_memory_unless_told_not_to() -> None:
     assert run() == ("True" if glibc else "False")
     assert run(MINIRES_KEEP_MEMORY="0") == "False"
     assert run(MALLOC_MMAP_THRESHOLD_="65536") == "False"  # the user's own setting wins
+
+
+def test_a_worker_that_sees_shared_memory_wrong_fails_its_self_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker first computes a known answer in shared memory; here its arrays are misplaced by one
+    element (as if the mapping were wrong), and the workers are not used: one warning, nothing wrong."""
+    monkeypatch.setenv("MINIRES_PROCESSES", "2")
+    _procs.reset()
+    encode = _procs.encode
+
+    def shifted(value: Any, arena: Any) -> Any:
+        out = encode(value, arena)
+        if isinstance(value, np.ndarray):
+            out["array"][1] += value.itemsize
+        return out
+
+    monkeypatch.setattr(_procs, "encode", shifted)
+    try:
+        with pytest.warns(RuntimeWarning, match="self-check"):
+            assert _procs.start() == 0
+        assert _procs.plan(100, 1 << 40).parts == 1
+    finally:
+        _procs.reset()
+
+
+def test_an_interrupted_wait_stops_the_workers_before_anything_else_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while this process waits for a worker: the worker may still be writing into arrays this
+    process is about to reuse, so it is killed; the next big call starts new workers and gets right values."""
+    monkeypatch.setenv("MINIRES_PROCESSES", "2")
+    _procs.reset()
+    try:
+        assert _procs.start() == 1
+        old = _procs._pool.workers[0].proc
+        x = _procs.shared(np.arange(10.0))
+        out = _procs.empty((10,), np.float64)
+
+        def interrupted(self: Any) -> None:
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as mp, split(True):
+            mp.setattr(_procs._Worker, "wait", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                _procs.plan(10, 0, x).run(_procs._check_rows, x, out=(out,))
+        assert old.poll() is not None and _procs._pool is None  # killed, forgotten
+        assert _procs.start() == 1 and _procs._pool.workers[0].proc is not old
+        with split(True) as parts:
+            _procs.plan(10, 0, x).run(_procs._check_rows, x, out=(out,))
+        assert parts == [2]
+        np.testing.assert_array_equal(out, 2 * np.arange(10.0) + np.repeat([0, 1], 5))
+    finally:
+        _procs.reset()

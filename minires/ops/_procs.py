@@ -377,6 +377,22 @@ class _Worker:
             self.proc.kill()
 
 
+def _self_check(worker: _Worker) -> None:
+    """Before a worker's first slice: it must read and write shared memory as this process sees it."""
+    arena = _the_arena()
+    if arena is None:
+        raise RuntimeError("no shared memory")
+    x, out = arena.empty((64,), np.float64), arena.empty((64,), np.float64)
+    if x is None or out is None:
+        raise RuntimeError("no room in shared memory for the self-check")
+    x[...] = np.arange(64.0)
+    out[...] = np.nan
+    worker.submit(arena, f"{__name__}:_check_rows", 0, 64, 1, [encode(x, arena), encode(out, arena)])
+    worker.wait()
+    if not np.array_equal(out, 2 * np.arange(64.0) + 1):
+        raise RuntimeError("the worker's self-check computed wrong values")
+
+
 class _Pool:
     def __init__(self, count: int) -> None:
         self.pid = os.getpid()
@@ -384,7 +400,12 @@ class _Pool:
         self.blas_limit: Any = None
 
     def ready_workers(self) -> list[_Worker]:
-        ready = [w for w in self.workers if w.poll_ready()]
+        ready = []
+        for w in self.workers:
+            if not w.ready and w.poll_ready():
+                _self_check(w)
+            if w.ready:
+                ready.append(w)
         if ready and self.blas_limit is None:
             from threadpoolctl import threadpool_limits
 
@@ -430,6 +451,17 @@ def _give_up(reason: str) -> None:
     warnings.warn(f"minires: {reason}; computing in this process only from now on", RuntimeWarning, stacklevel=3)
     if _pool is not None and _pool.pid == os.getpid():
         _pool.close()
+
+
+def _kill() -> None:
+    """Stop the workers at once (SIGKILL) and forget them: the next big call starts new ones."""
+    global _pool
+    if _pool is not None and _pool.pid == os.getpid():
+        for w in _pool.workers:
+            w.proc.kill()
+            w.proc.wait()
+        _pool.close()
+    _pool = None
 
 
 def shutdown() -> None:
@@ -508,19 +540,23 @@ class Plan:
         try:
             fn(*bounds[0], 0, *args, *out)
         finally:
-            for worker, (a, b), part in sent:
-                try:
-                    worker.wait()
-                except (RuntimeError, OSError, EOFError, ValueError) as err:
-                    failure = failure or f"a worker process failed ({err})"
-                    fn(a, b, part, *args, *out)
+            try:
+                for worker, (a, b), part in sent:
+                    try:
+                        worker.wait()
+                    except (RuntimeError, OSError, EOFError, ValueError) as err:
+                        failure = failure or f"a worker process failed ({err})"
+                        fn(a, b, part, *args, *out)
+            except BaseException:  # e.g. Ctrl-C while waiting: a worker may still be writing into these arrays
+                _kill()  # so stop it before anything else runs (the next big call starts new workers)
+                raise
             if failure:
                 _give_up(failure)
 
 
 @kernel
 def _check_rows(a: int, b: int, part: int, x: np.ndarray, out: np.ndarray) -> None:
-    """The workers' self-check: ``out[a:b] = x[a:b] * 2 + part`` (shared memory read and written)."""
+    """The workers' self-check (:func:`_self_check`): ``out[a:b] = x[a:b] * 2 + part``."""
     np.multiply(x[a:b], 2, out=out[a:b])
     out[a:b] += part
 
