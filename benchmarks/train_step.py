@@ -185,7 +185,7 @@ def shared_mib() -> float:
     """Shared memory minires' worker processes and this one hold (:mod:`minires.ops._procs`: arrays the
     kernels allocate there are invisible to tracemalloc; the blocks are cached, so this is their peak)."""
     arena = _procs._arena
-    return 0.0 if arena is None else arena.reserved / 2**20
+    return 0.0 if arena is None else sum(seg.used for seg in arena.segments) / 2**20  # handed out (pages past it are untouched)
 
 
 def tracemalloc_peak_mib(step: Callable[[], None]) -> float:
