@@ -19,7 +19,7 @@ import minires as mr
 import minires.nn.functional as F
 from minires import backends
 from minires.models import resnet20
-from minires.ops import _procs, winograd
+from minires.ops import _procs, batch_norm_cpu, winograd
 
 pytestmark = pytest.mark.skipif(not _procs.supported(), reason="worker processes need Linux (memfd, /proc)")
 
@@ -42,6 +42,7 @@ def split(on: bool) -> Iterator[list[int]]:
     run = _procs.Plan.run
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_procs, "MIN_SPLIT_BYTES", 0 if on else 1 << 60)
+        mp.setattr(batch_norm_cpu, "SPLIT_BYTES", 0 if on else 1 << 60)
         mp.setattr(_procs.Plan, "run", lambda self, *a, **k: (parts.append(self.parts), run(self, *a, **k))[1])
         yield parts
 
@@ -246,6 +247,38 @@ def test_a_resnet_training_step_split_equals_one_process(workers: None) -> None:
     here, there, parts = both_ways(run)
     assert 3 in parts
     assert_close_all(here, there, rtol=1e-10)
+
+
+_SAME_RUN = """
+import hashlib, numpy as np, minires as mr, minires.nn.functional as F
+from minires.models import resnet20
+from minires.ops import _procs, batch_norm_cpu
+from minires.optim import SGD
+_procs.MIN_SPLIT_BYTES = batch_norm_cpu.SPLIT_BYTES = 1 << 16  # small work split too
+mr.manual_seed(0)
+model = resnet20()
+opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+rng = np.random.default_rng(0)
+for step in range(3):
+    x = mr.tensor(rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    y = mr.tensor(rng.integers(0, 10, 16))
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+digest = hashlib.sha256(b"".join(p.numpy().tobytes() for p in model.parameters())).hexdigest()
+print(len(_procs._pool.workers) if _procs._pool else 0, digest)
+"""
+
+
+def test_the_same_program_gives_the_same_numbers_every_run() -> None:
+    """float32 training steps with the work split from the first big call: two runs, bit-identical weights
+    (the first big call waits for the workers, so no call's split depends on how fast they started)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MINIRES_PROCESSES": "2", "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    runs = [subprocess.run([sys.executable, "-c", _SAME_RUN], env=env, capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs[0][0] == "1"  # the work was split
+    assert runs[0] == runs[1]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ registered with :func:`kernel`. :meth:`Plan.run` sends ``(name, a, b, part, args
 the first slice here, and waits. Every slice is computed by the same code whichever process runs it,
 so the results are the ones one process would get (sums over the batch add the slices' partial sums).
 
-Protecting the user: the workers start in the background on first use (this process computes
-everything itself until they have answered); BLAS runs one thread per process while they are used
+Protecting the user: the first big call starts the workers and waits for them (about half a second),
+each first passing a self-check on shared memory, so that from then on every big call is split the same
+way and a program gives the same numbers on every run; BLAS runs one thread per process while they are used
 (else two processes x two BLAS threads fight over two cores). If a worker fails to start, dies or
 raises, one warning says so, this process computes the missing slice itself, and the workers are
 not used again. ``MINIRES_PROCESSES=1`` turns them off; ``MINIRES_PROCESSES=N`` asks for N processes
@@ -52,8 +53,13 @@ from minires.ops._malloc import keep_freed_memory
 KERNELS: dict[str, Callable[..., Any]] = {}
 
 #: Below this many bytes of work (about the input plus output of the whole call) a call runs here alone:
-#: a round trip to a worker costs ~50-100 us, which pays only on work of a millisecond or more.
-MIN_SPLIT_BYTES = 1 << 20
+#: a round trip to a worker costs ~40-80 us, and starting the workers half a second (after which BLAS runs
+#: one thread a process). 4 MiB splits every convolution of ResNet-20 at batch 128 and ResNet-18 at 64, but
+#: not a small net like the default digits job's (whose 360-image evaluation batch would start the workers
+#: and leave its training steps with one BLAS thread: measured 16-18 s for the job instead of 12-13).
+MIN_SPLIT_BYTES = 4 << 20
+#: How long the first big call waits for the workers to start before it gives up on them.
+START_SECONDS = 60.0
 #: Bytes of one shared segment (a block bigger than this gets a segment of its own).
 SEGMENT_BYTES = 64 << 20
 #: The most shared memory the cache may hold; past it, new arrays are private and their calls run here.
@@ -442,6 +448,17 @@ def _get_pool() -> _Pool | None:
     except Exception as err:  # noqa: BLE001 - any failure to start means: compute here
         _give_up(f"could not start worker processes ({err})")
         return None
+    # Wait for every worker (and its self-check) now: splitting only once they answer would make the
+    # first calls' rounding depend on how fast they started, and the same program give other numbers.
+    deadline = time.monotonic() + START_SECONDS
+    try:
+        while len(_pool.ready_workers()) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready after {START_SECONDS:.0f} s")
+            time.sleep(0.005)
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        _give_up(f"a worker process failed to start ({err})")
+        return None
     return _pool
 
 
@@ -482,23 +499,11 @@ def reset() -> None:
 atexit.register(shutdown)
 
 
-def start(timeout: float = 30.0) -> int:
-    """Start the workers now and wait (up to ``timeout`` seconds) until they answer; returns how many are
-    ready. For benchmarks and tests: a program never needs this (the first big call starts them)."""
-
+def start() -> int:
+    """Start the workers now (and wait until they answer); returns how many there are. For benchmarks and
+    tests, so that no timed call starts them: a program never needs this (the first big call starts them)."""
     pool = _get_pool()
-    if pool is None:
-        return 0
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ready = len(pool.ready_workers())
-        except (RuntimeError, OSError, EOFError, ValueError) as err:
-            _give_up(f"a worker process failed to start ({err})")
-            return 0
-        if ready == len(pool.workers) or time.monotonic() > deadline:
-            return ready
-        time.sleep(0.01)
+    return 0 if pool is None else len(pool.workers)
 
 
 class Plan:
@@ -561,11 +566,13 @@ def _check_rows(a: int, b: int, part: int, x: np.ndarray, out: np.ndarray) -> No
     out[a:b] += part
 
 
-def plan(n: int, work_bytes: int, *arrays: Any) -> Plan:
-    """How to split a call over a batch of ``n``: over the ready workers (at most n processes) when the call
-    is big enough (``work_bytes`` >= :data:`MIN_SPLIT_BYTES`) and every array is a NumPy array; else one
-    slice, here. (A worker never has workers of its own: it runs with ``MINIRES_PROCESSES=1``.)"""
-    if n < 2 or work_bytes < MIN_SPLIT_BYTES or any(type(a) is not np.ndarray for a in arrays if a is not None):
+def plan(n: int, work_bytes: int, *arrays: Any, min_bytes: int | None = None) -> Plan:
+    """How to split a call over a batch of ``n``: over the workers (at most n processes) when the call is
+    big enough (``work_bytes`` >= ``min_bytes``, by default :data:`MIN_SPLIT_BYTES`) and every array is a
+    NumPy array; else one slice, here. The first such call starts the workers and waits for them.
+    (A worker never has workers of its own: it runs with ``MINIRES_PROCESSES=1``.)"""
+    least = MIN_SPLIT_BYTES if min_bytes is None else min_bytes
+    if n < 2 or work_bytes < least or any(type(a) is not np.ndarray for a in arrays if a is not None):
         return Plan(n, [])
     keep_freed_memory()
     pool = _get_pool()

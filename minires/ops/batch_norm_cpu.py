@@ -159,8 +159,7 @@ class ChannelRows:
         (L,) column sums of its rows into ``parts[part]``; returns their totals over all parts, (sums, L)."""
         n = self.rows_shape[0]
         arrays = [a for a in (*args, *out) if isinstance(a, np.ndarray)]
-        big = n * self.rows_shape[1] * self.dtype.itemsize >= SPLIT_BYTES
-        plan = _procs.plan(n, sum(a.nbytes for a in arrays), *arrays) if big else _procs.Plan(n, [])
+        plan = _procs.plan(n, n * self.rows_shape[1] * self.dtype.itemsize, *arrays, min_bytes=SPLIT_BYTES)
         if not sums:
             plan.run(fn, self.block, *args, out=out)
             return None

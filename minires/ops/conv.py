@@ -355,7 +355,7 @@ def conv_rows_forward(x: Any, wmat: Any, bias: Any, window: Window2d) -> tuple[l
     (kh, kw), (oh, ow), o = window.kernel, window.output_size, wmat.shape[0]
     cols = _procs.empty((n * oh * ow, kh * kw * c), x.dtype)
     out = _procs.empty((n * oh * ow, o), x.dtype)
-    plan = _procs.plan(n, x.nbytes + cols.nbytes + out.nbytes, x, wmat)
+    plan = _procs.plan(n, x.nbytes + out.nbytes, x, wmat)  # the columns are scratch: the same rule as Winograd's
     plan.run(_forward_rows, x, wmat, bias, window, out=(cols, out))
     return [cols], out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
@@ -377,7 +377,7 @@ def conv_rows_input_grad(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window:
     n, c, h, w = x_shape
     pt, pb, pl, pr = window.padding
     out = _procs.empty((n, h + pt + pb, w + pl + pr, c), gmat.dtype)
-    plan = _procs.plan(n, gmat.nbytes + 2 * out.nbytes, gmat, wmat)
+    plan = _procs.plan(n, gmat.nbytes + out.nbytes, gmat, wmat)
     plan.run(_input_grad_rows, gmat, wmat, window, out=(out,))
     return out[:, pt : pt + h, pl : pl + w].transpose(0, 3, 1, 2)
 
@@ -403,7 +403,7 @@ def conv_rows_weight_grad(cols: Any, gmat: Any, weight_shape: tuple[int, ...], n
     """dL/dweight (O, C, kH, kW) of a one-group convolution over a batch of ``n``, each slice of the batch
     summed on its own (:func:`_pixel_sum_matmul`) and the slices' sums added: :func:`weight_grad_from`'s value."""
     o, c, kh, kw = weight_shape
-    plan = _procs.plan(n, cols.nbytes + gmat.nbytes, cols, gmat)
+    plan = _procs.plan(n, cols.nbytes // (kh * kw) + gmat.nbytes, cols, gmat)  # the forward's rule: about x + output
     parts = _procs.empty((plan.parts, o, kh * kw * c), gmat.dtype)
     plan.run(_weight_grad_rows, cols, gmat, gmat.shape[0] // max(n, 1), out=(parts,))
     gw = parts[0] if plan.parts == 1 else parts.sum(axis=0)  # (O, kH*kW*C): each O's block transposes on its own
