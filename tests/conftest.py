@@ -12,6 +12,7 @@ MINIRES_REQUIRE_TORCH=1 (set by .ci/run, which installs it), where a missing tor
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -74,3 +75,17 @@ def _seed() -> None:
 
     mr.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="module")
+def three_processes() -> Iterator[None]:
+    """Two worker processes (minires.ops._procs) and this one, started and ready, for the whole module
+    (MINIRES_PROCESSES=3, whatever the machine's cores); stopped after it."""
+    from minires.ops import _procs
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIRES_PROCESSES", "3")
+        _procs.reset()
+        assert _procs.start() == 2
+        yield
+    _procs.reset()

@@ -119,17 +119,6 @@ def rows_and_blocks(row_values: int, block_bytes: int, parallel_bytes: int | Non
             batch_norm_cpu.row_length.cache_clear()
 
 
-@pytest.fixture(scope="module")
-def three_processes() -> Iterator[None]:
-    """Two worker processes and this one (MINIRES_PROCESSES=3, whatever the machine's cores), for the module."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINIRES_PROCESSES", "3")
-        _procs.reset()
-        assert _procs.start() == 2
-        yield
-    _procs.reset()
-
-
 @pytest.fixture
 def small_rows() -> Iterator[None]:
     """Rows of at most 12 values and blocks of 3 rows or fewer: many blocks even for small arrays."""

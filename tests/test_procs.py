@@ -25,14 +25,8 @@ pytestmark = pytest.mark.skipif(not _procs.supported(), reason="worker processes
 
 
 @pytest.fixture(scope="module")
-def workers() -> Iterator[None]:
-    """Two worker processes, started and ready, for the whole module (MINIRES_PROCESSES=3)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINIRES_PROCESSES", "3")
-        _procs.reset()
-        assert _procs.start() == 2
-        yield
-    _procs.reset()
+def workers(three_processes: None) -> None:
+    """Two worker processes and this one (conftest's ``three_processes``)."""
 
 
 @contextlib.contextmanager
