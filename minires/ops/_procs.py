@@ -175,21 +175,21 @@ class Arena:
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
         """A C-contiguous array in shared memory, or None when the cache is full."""
         dtype = np.dtype(dtype)
+        if dtype.fields is not None or dtype.hasobject:
+            raise TypeError(f"shared memory: plain numeric dtypes only, got {dtype}")
         shape = tuple(int(s) for s in shape)
         key = self._take(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
         if key is None:
             return None
         seg = self.segments[key[0]]
         interface = {"data": (seg.address + key[1], False), "shape": shape, "typestr": dtype.str, "version": 3}
-        if dtype.fields is not None or dtype.hasobject:
-            raise TypeError(f"shared memory: plain numeric dtypes only, got {dtype}")
         return np.asarray(_Block(self, key, interface))
 
     def locate(self, a: np.ndarray) -> tuple[int, int] | None:
         """(segment, byte offset of a's first element) when all of ``a`` lies in one segment, else None."""
         if a.size == 0:
             return None
-        low, high = _byte_bounds(a)
+        low, high = _byte_bounds(a)  # [first byte, one past the last) of a's memory, any strides
         start = a.__array_interface__["data"][0]
         for i, seg in enumerate(self.segments):
             if seg.address <= low and high <= seg.address + seg.size:
@@ -197,15 +197,7 @@ class Arena:
         return None
 
 
-def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
-    start = a.__array_interface__["data"][0]
-    low = high = start
-    for n, s in zip(a.shape, a.strides):
-        if s < 0:
-            low += (n - 1) * s
-        else:
-            high += (n - 1) * s
-    return low, high + a.itemsize
+_byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # numpy 2 moved it out of the top level
 
 
 _arena: Arena | None = None
@@ -472,13 +464,11 @@ def _give_up(reason: str) -> None:
 
 def _kill() -> None:
     """Stop the workers at once (SIGKILL) and forget them: the next big call starts new ones."""
-    global _pool
     if _pool is not None and _pool.pid == os.getpid():
         for w in _pool.workers:
             w.proc.kill()
             w.proc.wait()
-        _pool.close()
-    _pool = None
+    shutdown()
 
 
 def shutdown() -> None:

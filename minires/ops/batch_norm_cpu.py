@@ -24,7 +24,7 @@ The rows are processed in blocks of about 256 KB (:data:`BLOCK_BYTES`). A block,
 scratch buffer, stay in the L2 cache between the ufuncs that work on them, so a chain of k in-place
 ufuncs on one block costs one trip to memory instead of k. Each block's column sums are added into
 float64 accumulators, so a float32 sum over millions of values loses no more than one block's rounding.
-Each pass is a kernel over a range of rows (``_*_rows`` below); on a multi-core CPU the rows are shared
+Each pass is a kernel over a range of rows (``_*_kernel`` below); on a multi-core CPU the rows are shared
 with minires' worker processes (:mod:`minires.ops._procs`: the arrays live in shared memory, and a pass
 over a part of the rows is the same code in every process; column sums add the parts' sums).
 

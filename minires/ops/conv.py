@@ -297,11 +297,22 @@ def input_grad_from(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window: Wind
     parts = []
     for g in range(groups):
         gm, wm = gmat[:, g * og : (g + 1) * og], wmat[g * og : (g + 1) * og]
-        if use_fast_kernels(gm, "col2im") or cg >= _DENSE_FOLD_MAX_CHANNELS:  # cuda, or wide: one GEMM, then col2im
+        if use_fast_kernels(gm, "col2im"):  # cuda: one GEMM, then the col2im kernel
             parts.append(_col2im(gm @ wm, group_shape, window))
         else:
-            parts.append(_fold_blocks(offset_blocks(gm, wm, n, window), group_shape, window))
+            parts.append(_fold_blocks(grad_blocks(gm, wm, n, window), group_shape, window))
     return parts[0] if groups == 1 else xp_of(gmat).concatenate(parts, axis=1)
+
+
+def grad_blocks(gm: Any, wm: Any, n: int, window: Window2d) -> Any:
+    """``dout @ W2`` as offset-major blocks (kH*kW, n, oH, oW, C) for :func:`fold_into`: one GEMM per kernel
+    offset below :data:`_DENSE_FOLD_MAX_CHANNELS` channels (:func:`offset_blocks`), from it on one GEMM
+    whose columns are viewed as the blocks (long enough runs of C values as they are)."""
+    (kh, kw), (oh, ow) = window.kernel, window.output_size
+    c = wm.shape[1] // (kh * kw)
+    if c >= _DENSE_FOLD_MAX_CHANNELS:
+        return (gm @ wm).reshape(n, oh, ow, kh * kw, c).transpose(3, 0, 1, 2, 4)
+    return offset_blocks(gm, wm, n, window)
 
 
 def offset_blocks(gm: Any, wm: Any, n: int, window: Window2d) -> Any:
@@ -384,17 +395,14 @@ def conv_rows_input_grad(gmat: Any, wmat: Any, x_shape: tuple[int, ...], window:
 
 @_procs.kernel
 def _input_grad_rows(a: int, b: int, part: int, gmat: Any, wmat: Any, window: Window2d, out: Any) -> None:
-    """Samples a..b of :func:`conv_rows_input_grad`: per-offset blocks (narrow layers) or one GEMM (wide),
-    folded onto the zero-bordered ``out[a:b]`` in cache-sized chunks."""
+    """Samples a..b of :func:`conv_rows_input_grad`: :func:`grad_blocks` folded onto the zero-bordered
+    ``out[a:b]`` in cache-sized chunks."""
     (oh, ow), (kh, kw), c = window.output_size, window.kernel, out.shape[3]
     gm = gmat[a * oh * ow : b * oh * ow]
     if kh == kw == 1 and window.stride == (1, 1) and not any(window.padding):  # 1x1: a GEMM onto the pixels
         np.matmul(gm, wmat, out=out[a:b].reshape(-1, c))
         return
-    if c >= _DENSE_FOLD_MAX_CHANNELS:
-        blocks = (gm @ wmat).reshape(b - a, oh, ow, kh * kw, c).transpose(3, 0, 1, 2, 4)
-    else:
-        blocks = offset_blocks(gm, wmat, b - a, window)
+    blocks = grad_blocks(gm, wmat, b - a, window)
     target = out[a:b]
     _over_batch(np, b - a, target.nbytes // max(b - a, 1), lambda s, e: fold_into(target[s:e], blocks[:, s:e], window))
 

@@ -285,9 +285,6 @@ def _weight_grad_rows(a: int, b: int, part: int, nhwc: Any, g_nhwc: Any, pads: P
     target = _chunk_target(16 * c * o * nhwc.dtype.itemsize)
     sums = over_batch(xp, b - a, _sample_bytes(nhwc.shape, nhwc.dtype.itemsize, max(c, o)), work, target, blas=True)
     total = parts[part]
-    if not sums:
-        total[...] = 0
-        return
-    total[...] = sums[0]
+    total[...] = sums[0]  # over_batch gives at least one chunk (an empty slice is one chunk of none)
     for p in sums[1:]:
         total += p
